@@ -1,0 +1,110 @@
+"""jnn: neural networks as pairs of pure JAX functions over plain dicts of arrays.
+
+A model is an immutable object holding hyperparameters, with ``init`` and ``apply``::
+
+    model = jnn.MLP([128, 10])
+    params = model.init(jax.random.key(0), x_sample)   # nested dict of arrays
+    logits = model.apply(params, x)                    # pure: jit, grad, vmap, scan
+
+"""
+
+from jnn import activations, initializers
+from jnn._combinators import (
+    FunctionModule,
+    Identity,
+    Lambda,
+    Parallel,
+    Repeat,
+    Residual,
+    Sequential,
+    from_functions,
+)
+from jnn._core import (
+    DTypeError,
+    LayerError,
+    Module,
+    Params,
+    ParamsError,
+    Scope,
+    ShapeError,
+    State,
+    check_floating,
+    check_rank,
+    child_key,
+)
+from jnn._dense import MLP, Dense
+from jnn._training import (
+    FitResult,
+    batches,
+    evaluate,
+    fit,
+    make_eval_step,
+    make_train_step,
+)
+from jnn.activations import (
+    elu,
+    gelu,
+    identity,
+    leaky_relu,
+    log_softmax,
+    relu,
+    selu,
+    sigmoid,
+    silu,
+    softmax,
+    softplus,
+    swish,
+    tanh,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    # contract
+    "Module",
+    "Scope",
+    "Params",
+    "State",
+    "LayerError",
+    "ShapeError",
+    "DTypeError",
+    "ParamsError",
+    "child_key",
+    "check_rank",
+    "check_floating",
+    # layers
+    "Dense",
+    "MLP",
+    "Lambda",
+    "Identity",
+    "Sequential",
+    "Residual",
+    "Parallel",
+    "Repeat",
+    "FunctionModule",
+    "from_functions",
+    # activations
+    "activations",
+    "sigmoid",
+    "relu",
+    "tanh",
+    "softmax",
+    "log_softmax",
+    "leaky_relu",
+    "elu",
+    "selu",
+    "gelu",
+    "silu",
+    "swish",
+    "softplus",
+    "identity",
+    # initializers
+    "initializers",
+    # training
+    "make_train_step",
+    "make_eval_step",
+    "evaluate",
+    "batches",
+    "fit",
+    "FitResult",
+]
