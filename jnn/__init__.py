@@ -22,6 +22,7 @@ from jnn._combinators import (
 from jnn._core import (
     DTypeError,
     LayerError,
+    MissingKeyError,
     Module,
     Params,
     ParamsError,
@@ -33,6 +34,8 @@ from jnn._core import (
     child_key,
 )
 from jnn._dense import MLP, Dense
+from jnn._dropout import Dropout
+from jnn._norm import BatchNorm
 from jnn._training import (
     FitResult,
     batches,
@@ -69,12 +72,15 @@ __all__ = [
     "ShapeError",
     "DTypeError",
     "ParamsError",
+    "MissingKeyError",
     "child_key",
     "check_rank",
     "check_floating",
     # layers
     "Dense",
     "MLP",
+    "Dropout",
+    "BatchNorm",
     "Lambda",
     "Identity",
     "Sequential",

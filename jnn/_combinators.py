@@ -308,7 +308,22 @@ class Repeat(Module):
         def one(i):
             return self.block.init_with_state(jax.random.fold_in(key, i), x, **kwargs)
 
-        return jax.vmap(one)(jnp.arange(self.count))
+        params, state = jax.vmap(one)(jnp.arange(self.count))
+        first = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), (params, state))
+        y = jax.eval_shape(
+            lambda p, s, x, kw: self.block.apply(p, x, state=s, **kw)[0], *first, x, kwargs
+        )
+        self._check_same(x, y)
+        return params, state
+
+    def _check_same(self, x: Any, y: Any) -> None:
+        if jnp.shape(y) != jnp.shape(x) or jnp.result_type(y) != jnp.result_type(x):
+            raise ShapeError(
+                "Repeat",
+                f"the block must return its input's shape and dtype "
+                f"{tuple(jnp.shape(x))} {jnp.result_type(x)}, got {tuple(jnp.shape(y))} "
+                f"{jnp.result_type(y)}.",
+            )
 
     def apply(
         self,
@@ -327,13 +342,7 @@ class Repeat(Module):
                 y = self.block.apply(p, h, key=k, is_training=is_training, **kwargs)
             else:
                 y, s = self.block.apply(p, h, state=s, key=k, is_training=is_training, **kwargs)
-            if jnp.shape(y) != jnp.shape(h) or jnp.result_type(y) != jnp.result_type(h):
-                raise ShapeError(
-                    "Repeat",
-                    f"the block must return its input's shape and dtype "
-                    f"{tuple(jnp.shape(h))} {jnp.result_type(h)}, got {tuple(jnp.shape(y))} "
-                    f"{jnp.result_type(y)}.",
-                )
+            self._check_same(h, y)
             return y, s
 
         if self.remat:

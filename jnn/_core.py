@@ -45,6 +45,7 @@ __all__ = [
     "ShapeError",
     "DTypeError",
     "ParamsError",
+    "MissingKeyError",
     "child_key",
     "check_rank",
     "check_floating",
@@ -85,6 +86,10 @@ class DTypeError(LayerError, TypeError):
 
 class ParamsError(LayerError, ValueError):
     """A params or state tree does not match the model (missing or extra key, wrong shape)."""
+
+
+class MissingKeyError(LayerError, ValueError):
+    """A stochastic layer was asked to train without a PRNG key."""
 
 
 def _layer_name(module: Any) -> str:
@@ -521,7 +526,7 @@ class Scope:
         """A key of the composite's own, derived from its name; raises without a key."""
         self._claim(name, ("key", name))
         if self._key is None:
-            raise DTypeError(
+            raise MissingKeyError(
                 _layer_name(self._owner),
                 f"forward asked for the key {name!r}, but apply was given no key. "
                 "Hint: pass key=jax.random.key(...) to apply.",
