@@ -85,6 +85,18 @@ class BatchNorm(Module):
         }
         return params, state
 
+    def check_inputs(self, params: Params, x: jax.Array) -> None:
+        """Check the feature count against the params before the generic checks."""
+        stats = params.get("scale", params.get("offset"))
+        if stats is None or jnp.ndim(x) < 2 or jnp.ndim(stats) != 1:
+            return
+        if jnp.shape(x)[self.axis] != stats.shape[0]:
+            raise ShapeError(
+                self.layer_name(),
+                f"expected input with {stats.shape[0]} features on axis {self.axis} (set at "
+                f"init), got shape {tuple(jnp.shape(x))}.",
+            )
+
     def apply(
         self, params: Params, x: jax.Array, *, state: State | None, is_training: bool = False
     ) -> tuple[jax.Array, State | None]:
