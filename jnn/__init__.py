@@ -36,6 +36,7 @@ from jnn._core import (
 from jnn._dense import MLP, Dense
 from jnn._dropout import Dropout
 from jnn._norm import BatchNorm
+from jnn._profile import StepProfile, profile_step
 from jnn._training import (
     FitResult,
     batches,
@@ -113,4 +114,7 @@ __all__ = [
     "batches",
     "fit",
     "FitResult",
+    # profiling
+    "profile_step",
+    "StepProfile",
 ]
