@@ -1,0 +1,106 @@
+"""Timing machinery shared by every workload: runners, interleaved rounds, the matmul rate."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+
+@dataclass
+class Runner:
+    """One implementation of one workload, ready to run training steps."""
+
+    run: Callable[[int], None]
+    """Run ``n`` training steps and wait until they are finished."""
+    param_count: int
+    first_call: float
+    """Seconds of the first step: tracing, compilation and one execution."""
+
+
+def jax_runner(call: Callable, state, params) -> Runner:
+    """Wrap ``call(state) -> (state, loss)``, a jitted JAX step that may donate ``state``."""
+    import jax
+
+    count = int(sum(leaf.size for leaf in jax.tree.leaves(params)))
+    holder = [state]
+    start = time.perf_counter()
+    holder[0], loss = call(holder[0])
+    jax.block_until_ready(loss)
+    first = time.perf_counter() - start
+
+    def run(n: int) -> None:
+        state = holder[0]
+        loss = None
+        for _ in range(n):
+            state, loss = call(state)
+        jax.block_until_ready((state, loss))
+        holder[0] = state
+
+    return Runner(run, count, first)
+
+
+def torch_runner(model, x, y, learning_rate: float) -> Runner:
+    """A PyTorch training step: forward, cross-entropy, backward, Adam."""
+    import torch
+
+    optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate)
+    loss_fn = torch.nn.CrossEntropyLoss()
+
+    def one() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        loss = loss_fn(model(x), y)
+        loss.backward()
+        optimizer.step()
+
+    count = sum(p.numel() for p in model.parameters())
+    start = time.perf_counter()
+    one()
+    first = time.perf_counter() - start
+
+    def run(n: int) -> None:
+        for _ in range(n):
+            one()
+
+    return Runner(run, count, first)
+
+
+def matmul_gflops(size: int = 2048, repeats: int = 10) -> float:
+    """The machine's float32 matmul rate under XLA, best of ``repeats``."""
+    import jax
+    import jax.numpy as jnp
+
+    a = jnp.ones((size, size), jnp.float32)
+    matmul = jax.jit(lambda a: a @ a)
+    jax.block_until_ready(matmul(a))
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(matmul(a))
+        best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best / 1e9
+
+
+def calibrate(runner: Runner, target_seconds: float) -> int:
+    """Steps per timed block so that one block takes about ``target_seconds``."""
+    n = 1
+    while True:
+        start = time.perf_counter()
+        runner.run(n)
+        elapsed = time.perf_counter() - start
+        if elapsed >= target_seconds / 4 or n >= 4096:
+            return max(1, int(n * target_seconds / max(elapsed, 1e-9)))
+        n *= 4
+
+
+def interleaved_rounds(runners: dict[str, Runner], steps: int, rounds: int) -> dict[str, list]:
+    """Seconds per step of each runner, over ``rounds`` rounds in rotating order."""
+    names = list(runners)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(rounds):
+        order = names[r % len(names) :] + names[: r % len(names)]
+        for name in order:
+            start = time.perf_counter()
+            runners[name].run(steps)
+            times[name].append((time.perf_counter() - start) / steps)
+    return times

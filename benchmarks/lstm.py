@@ -1,0 +1,195 @@
+"""One-layer LSTM classifier training steps (length 50, hidden 128) in each library.
+
+Architecture: LSTM(32 -> 128) over 50 steps, the last hidden state -> dense 10; softmax
+cross-entropy; Adam 1e-3. The JAX libraries use one bias per gate (82,442 parameters);
+PyTorch's LSTM has two (input and hidden), 512 more, which costs nothing measurable.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from benchmarks.harness import Runner, jax_runner
+
+LEARNING_RATE = 1e-3
+LENGTH, FEATURES, HIDDEN, CLASSES = 50, 32, 128, 10
+
+
+def _data(batch, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((batch, LENGTH, FEATURES)).astype(np.float32)
+    y = rng.integers(0, CLASSES, batch).astype(np.int32)
+    return x, y
+
+
+def _jax_train(forward, params, x, y):
+    import jax
+    import optax
+
+    optimizer = optax.adam(LEARNING_RATE)
+
+    def _step(params, opt_state, x, y):
+        def loss_fn(p):
+            return optax.softmax_cross_entropy_with_integer_labels(forward(p, x), y).mean()
+
+        loss, grads = jax.value_and_grad(loss_fn)(params)
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, loss
+
+    step = jax.jit(_step, donate_argnums=(0, 1))
+
+    def call(state):
+        params, opt_state, loss = step(*state, x, y)
+        return (params, opt_state), loss
+
+    return jax_runner(call, (params, optimizer.init(params)), params)
+
+
+def jnn_lstm(batch: int) -> Runner:
+    import jax
+    import optax
+
+    import jnn
+
+    x, y = _data(batch)
+    model = jnn.Sequential(
+        [jnn.RNN(jnn.LSTMCell(HIDDEN), return_sequences=False), jnn.Dense(CLASSES)]
+    )
+    params = model.init(jax.random.key(0), x)
+    optimizer = optax.adam(LEARNING_RATE)
+    step = jnn.make_train_step(model, jnn.softmax_cross_entropy_with_integer_labels, optimizer)
+
+    def call(state):
+        params, opt_state, logs = step(*state, (x, y))
+        return (params, opt_state), logs["loss"]
+
+    return jax_runner(call, (params, optimizer.init(params)), params)
+
+
+def jax_lstm(batch: int) -> Runner:
+    """Hand-written: one fused gate matmul per step inside lax.scan (the faster of the two
+    formulations on CPU; hoisting the input projection out of the scan was slower)."""
+    import jax
+    import jax.numpy as jnp
+
+    x, y = _data(batch)
+    k = jax.random.split(jax.random.key(0), 3)
+    params = {
+        "input": jax.random.normal(k[0], (FEATURES, 4 * HIDDEN)) / np.sqrt(FEATURES),
+        "hidden": jax.random.normal(k[1], (HIDDEN, 4 * HIDDEN)) / np.sqrt(HIDDEN),
+        "bias": jnp.zeros((4 * HIDDEN,)),
+        "head": {
+            "weight": jax.random.normal(k[2], (HIDDEN, CLASSES)) / np.sqrt(HIDDEN),
+            "bias": jnp.zeros((CLASSES,)),
+        },
+    }
+
+    def forward(p, x):
+        def cell(carry, x_t):
+            h, c = carry
+            z = x_t @ p["input"] + h @ p["hidden"] + p["bias"]
+            i, f, g, o = jnp.split(z, 4, axis=-1)
+            c = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
+            h = jax.nn.sigmoid(o) * jnp.tanh(c)
+            return (h, c), None
+
+        zeros = jnp.zeros((x.shape[0], HIDDEN), x.dtype)
+        (h, _), _ = jax.lax.scan(cell, (zeros, zeros), jnp.swapaxes(x, 0, 1))
+        return h @ p["head"]["weight"] + p["head"]["bias"]
+
+    return _jax_train(forward, params, x, y)
+
+
+def linen_lstm(batch: int) -> Runner:
+    import flax.linen as nn
+    import jax
+
+    x, y = _data(batch)
+
+    class Classifier(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            (_, h), _ = nn.RNN(nn.OptimizedLSTMCell(HIDDEN), return_carry=True)(x)
+            return nn.Dense(CLASSES)(h)
+
+    model = Classifier()
+    params = model.init(jax.random.key(0), x)["params"]
+    return _jax_train(lambda p, x: model.apply({"params": p}, x), params, x, y)
+
+
+def equinox_lstm(batch: int) -> Runner:
+    """Equinox's documented RNN style: LSTMCell over one example with lax.scan, vmap."""
+    import equinox as eqx
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    x, y = _data(batch)
+
+    class Classifier(eqx.Module):
+        cell: eqx.nn.LSTMCell
+        head: eqx.nn.Linear
+
+        def __init__(self, key):
+            k1, k2 = jax.random.split(key)
+            self.cell = eqx.nn.LSTMCell(FEATURES, HIDDEN, key=k1)
+            self.head = eqx.nn.Linear(HIDDEN, CLASSES, key=k2)
+
+        def __call__(self, xs):
+            def step(carry, x_t):
+                return self.cell(x_t, carry), None
+
+            zeros = jnp.zeros((HIDDEN,))
+            (h, _), _ = jax.lax.scan(step, (zeros, zeros), xs)
+            return self.head(h)
+
+    model = Classifier(jax.random.key(0))
+    optimizer = optax.adam(LEARNING_RATE)
+
+    @eqx.filter_jit(donate="all")
+    def step(model, opt_state, x, y):
+        def loss_fn(model):
+            logits = jax.vmap(model)(x)
+            return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+        loss, grads = eqx.filter_value_and_grad(loss_fn)(model)
+        updates, opt_state = optimizer.update(grads, opt_state, eqx.filter(model, eqx.is_array))
+        return eqx.apply_updates(model, updates), opt_state, loss
+
+    def call(state):
+        model, opt_state, loss = step(*state, x, y)
+        return (model, opt_state), loss
+
+    opt_state = optimizer.init(eqx.filter(model, eqx.is_array))
+    return jax_runner(call, (model, opt_state), eqx.filter(model, eqx.is_array))
+
+
+def torch_lstm(batch: int) -> Runner:
+    import torch
+
+    from benchmarks.harness import torch_runner
+
+    x, y = _data(batch)
+
+    class Classifier(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lstm = torch.nn.LSTM(FEATURES, HIDDEN, batch_first=True)
+            self.head = torch.nn.Linear(HIDDEN, CLASSES)
+
+        def forward(self, x):
+            _, (h, _) = self.lstm(x)
+            return self.head(h[-1])
+
+    return torch_runner(
+        Classifier(), torch.from_numpy(x), torch.from_numpy(y).long(), LEARNING_RATE
+    )
+
+
+IMPLEMENTATIONS = {
+    "jnn": jnn_lstm,
+    "jax": jax_lstm,
+    "flax.linen": linen_lstm,
+    "equinox": equinox_lstm,
+    "torch": torch_lstm,
+}

@@ -1,0 +1,209 @@
+"""Two-layer pre-norm transformer encoder training steps in each library.
+
+Architecture: inputs ``[batch, 64, 128]``; two blocks of ``x + attention(layer_norm(x))``
+and ``x + mlp(layer_norm(x))`` with 4 heads, MLP 128 -> 512 -> 128 (GELU); a final layer
+norm, mean over positions, dense 10; softmax cross-entropy; Adam 1e-3.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from benchmarks.harness import Runner, jax_runner
+
+LEARNING_RATE = 1e-3
+LENGTH, MODEL, HEADS, HIDDEN, LAYERS, CLASSES = 64, 128, 4, 512, 2, 10
+
+
+def _data(batch, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((batch, LENGTH, MODEL)).astype(np.float32)
+    y = rng.integers(0, CLASSES, batch).astype(np.int32)
+    return x, y
+
+
+def jnn_transformer(batch: int) -> Runner:
+    import jax
+    import optax
+
+    import jnn
+
+    x, y = _data(batch)
+    model = jnn.Sequential(
+        [
+            jnn.Repeat(
+                jnn.TransformerEncoderBlock(num_heads=HEADS, mlp_features=HIDDEN), count=LAYERS
+            ),
+            jnn.LayerNorm(),
+            jnn.Lambda(lambda h: h.mean(axis=1), name="mean"),
+            jnn.Dense(CLASSES),
+        ]
+    )
+    params = model.init(jax.random.key(0), x)
+    optimizer = optax.adam(LEARNING_RATE)
+    step = jnn.make_train_step(model, jnn.softmax_cross_entropy_with_integer_labels, optimizer)
+
+    def call(state):
+        params, opt_state, logs = step(*state, (x, y))
+        return (params, opt_state), logs["loss"]
+
+    return jax_runner(call, (params, optimizer.init(params)), params)
+
+
+def jax_transformer(batch: int) -> Runner:
+    """Hand-written with einsum projections and jax.nn.dot_product_attention."""
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    x, y = _data(batch)
+    head_dim = MODEL // HEADS
+    key = jax.random.key(0)
+    counter = iter(range(1000))
+
+    def dense(n_in, *shape):
+        weight = jax.random.normal(jax.random.fold_in(key, next(counter)), (n_in, *shape))
+        return {"weight": weight / np.sqrt(n_in), "bias": jnp.zeros(shape)}
+
+    def norm():
+        return {"scale": jnp.ones((MODEL,)), "offset": jnp.zeros((MODEL,))}
+
+    blocks = []
+    for _ in range(LAYERS):
+        blocks.append(
+            {
+                "norm1": norm(),
+                "query": dense(MODEL, HEADS, head_dim),
+                "key": dense(MODEL, HEADS, head_dim),
+                "value": dense(MODEL, HEADS, head_dim),
+                "output": {
+                    "weight": jax.random.normal(
+                        jax.random.fold_in(key, next(counter)), (HEADS, head_dim, MODEL)
+                    )
+                    / np.sqrt(MODEL),
+                    "bias": jnp.zeros((MODEL,)),
+                },
+                "norm2": norm(),
+                "up": dense(MODEL, HIDDEN),
+                "down": dense(HIDDEN, MODEL),
+            }
+        )
+    params = {"blocks": blocks, "norm": norm(), "head": dense(MODEL, CLASSES)}
+
+    def layer_norm(p, h):
+        mean = h.mean(-1, keepdims=True)
+        var = jnp.square(h - mean).mean(-1, keepdims=True)
+        return (h - mean) * jax.lax.rsqrt(var + 1e-5) * p["scale"] + p["offset"]
+
+    def project(p, h):
+        return jnp.einsum("bld,dhk->blhk", h, p["weight"]) + p["bias"]
+
+    def forward(p, h):
+        for b in p["blocks"]:
+            n = layer_norm(b["norm1"], h)
+            q, k, v = project(b["query"], n), project(b["key"], n), project(b["value"], n)
+            a = jax.nn.dot_product_attention(q, k, v)
+            h = h + jnp.einsum("blhk,hkd->bld", a, b["output"]["weight"]) + b["output"]["bias"]
+            n = layer_norm(b["norm2"], h)
+            up = jax.nn.gelu(n @ b["up"]["weight"] + b["up"]["bias"])
+            h = h + up @ b["down"]["weight"] + b["down"]["bias"]
+        h = layer_norm(p["norm"], h).mean(axis=1)
+        return h @ p["head"]["weight"] + p["head"]["bias"]
+
+    optimizer = optax.adam(LEARNING_RATE)
+
+    def _step(params, opt_state, x, y):
+        def loss_fn(p):
+            return optax.softmax_cross_entropy_with_integer_labels(forward(p, x), y).mean()
+
+        loss, grads = jax.value_and_grad(loss_fn)(params)
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, loss
+
+    step = jax.jit(_step, donate_argnums=(0, 1))
+
+    def call(state):
+        params, opt_state, loss = step(*state, x, y)
+        return (params, opt_state), loss
+
+    return jax_runner(call, (params, optimizer.init(params)), params)
+
+
+def linen_transformer(batch: int) -> Runner:
+    import flax.linen as nn
+    import jax
+    import optax
+
+    x, y = _data(batch)
+
+    class Block(nn.Module):
+        @nn.compact
+        def __call__(self, h):
+            h = h + nn.MultiHeadDotProductAttention(num_heads=HEADS)(nn.LayerNorm()(h))
+            n = nn.LayerNorm()(h)
+            return h + nn.Dense(MODEL)(nn.gelu(nn.Dense(HIDDEN)(n)))
+
+    class Encoder(nn.Module):
+        @nn.compact
+        def __call__(self, h):
+            for _ in range(LAYERS):
+                h = Block()(h)
+            return nn.Dense(CLASSES)(nn.LayerNorm()(h).mean(axis=1))
+
+    model = Encoder()
+    params = model.init(jax.random.key(0), x)["params"]
+    optimizer = optax.adam(LEARNING_RATE)
+
+    def _step(params, opt_state, x, y):
+        def loss_fn(params):
+            logits = model.apply({"params": params}, x)
+            return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+        loss, grads = jax.value_and_grad(loss_fn)(params)
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, loss
+
+    step = jax.jit(_step, donate_argnums=(0, 1))
+
+    def call(state):
+        params, opt_state, loss = step(*state, x, y)
+        return (params, opt_state), loss
+
+    return jax_runner(call, (params, optimizer.init(params)), params)
+
+
+def torch_transformer(batch: int) -> Runner:
+    import torch
+
+    from benchmarks.harness import torch_runner
+
+    x, y = _data(batch)
+
+    class Encoder(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            layer = torch.nn.TransformerEncoderLayer(
+                MODEL,
+                HEADS,
+                HIDDEN,
+                dropout=0.0,
+                activation="gelu",
+                batch_first=True,
+                norm_first=True,
+            )
+            self.encoder = torch.nn.TransformerEncoder(layer, LAYERS, enable_nested_tensor=False)
+            self.norm = torch.nn.LayerNorm(MODEL)
+            self.head = torch.nn.Linear(MODEL, CLASSES)
+
+        def forward(self, h):
+            return self.head(self.norm(self.encoder(h)).mean(dim=1))
+
+    return torch_runner(Encoder(), torch.from_numpy(x), torch.from_numpy(y).long(), LEARNING_RATE)
+
+
+IMPLEMENTATIONS = {
+    "jnn": jnn_transformer,
+    "jax": jax_transformer,
+    "flax.linen": linen_transformer,
+    "torch": torch_transformer,
+}
