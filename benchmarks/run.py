@@ -106,9 +106,10 @@ def main(argv=None) -> dict:
                 "params": counts[impl],
             }
         ref = rows[reference]["step_ms"]
-        for impl, row in rows.items():
+        ref_first = rows[reference]["first_call_s"]
+        for row in rows.values():
             row["ratio_vs_jax"] = row["step_ms"] / ref
-            row["first_call_ratio_vs_jax"] = row["first_call_s"] / rows[reference]["first_call_s"]
+            row["first_call_ratio_vs_jax"] = row["first_call_s"] / ref_first
         results["workloads"][workload] = {"batch": batch, "steps_per_block": steps, "rows": rows}
         print(table(workload, results["workloads"][workload], info["matmul_gflops"]), flush=True)
 
@@ -118,7 +119,8 @@ def main(argv=None) -> dict:
     markdown = "\n\n".join(
         table(name, w, info["matmul_gflops"]) for name, w in results["workloads"].items()
     )
-    header = f"Machine: {info}\n\nCommand: `python -m benchmarks.run {' '.join(argv or sys.argv[1:])}`\n\n"
+    command = " ".join(["python -m benchmarks.run", *(argv or sys.argv[1:])])
+    header = f"Machine: {info}\n\nCommand: `{command}`\n\n"
     stem.with_suffix(".md").write_text(header + markdown + "\n")
     print(f"\nwrote {stem}.json and {stem}.md")
     return results
@@ -136,11 +138,18 @@ def table(name: str, workload: dict, peak: float) -> str:
         rate = (
             "-" if r["gflops"] is None else f"{r['gflops']:.1f} ({100 * r['gflops'] / peak:.0f}%)"
         )
-        lines.append(
-            f"| {impl} | {r['params']:,} | {r['step_ms']:.3f} | {r['min_ms']:.3f}-{r['max_ms']:.3f} "
-            f"| {r['ratio_vs_jax']:.3f} | {r['first_call_s']:.2f} | {r['first_call_ratio_vs_jax']:.2f} "
-            f"| {r['samples_per_s']:,.0f} | {rate} |"
-        )
+        cells = [
+            impl,
+            f"{r['params']:,}",
+            f"{r['step_ms']:.3f}",
+            f"{r['min_ms']:.3f}-{r['max_ms']:.3f}",
+            f"{r['ratio_vs_jax']:.3f}",
+            f"{r['first_call_s']:.2f}",
+            f"{r['first_call_ratio_vs_jax']:.2f}",
+            f"{r['samples_per_s']:,.0f}",
+            rate,
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
