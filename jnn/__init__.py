@@ -33,9 +33,21 @@ from jnn._core import (
     check_rank,
     child_key,
 )
+from jnn._conv import Conv, ConvTranspose
 from jnn._dense import MLP, Dense
 from jnn._dropout import Dropout
-from jnn._norm import BatchNorm
+from jnn._norm import BatchNorm, GroupNorm, LayerNorm, RMSNorm
+from jnn._losses import (
+    binary_cross_entropy,
+    huber,
+    kl_divergence,
+    mean_absolute_error,
+    mean_squared_error,
+    sigmoid_binary_cross_entropy,
+    softmax_cross_entropy,
+    softmax_cross_entropy_with_integer_labels,
+)
+from jnn._metrics import Mean, accuracy, confusion_matrix, top_k_accuracy
 from jnn._profile import StepProfile, profile_step
 from jnn._training import (
     FitResult,
@@ -80,8 +92,13 @@ __all__ = [
     # layers
     "Dense",
     "MLP",
+    "Conv",
+    "ConvTranspose",
     "Dropout",
     "BatchNorm",
+    "LayerNorm",
+    "GroupNorm",
+    "RMSNorm",
     "Lambda",
     "Identity",
     "Sequential",
@@ -107,6 +124,20 @@ __all__ = [
     "identity",
     # initializers
     "initializers",
+    # losses
+    "mean_squared_error",
+    "mean_absolute_error",
+    "huber",
+    "binary_cross_entropy",
+    "sigmoid_binary_cross_entropy",
+    "softmax_cross_entropy",
+    "softmax_cross_entropy_with_integer_labels",
+    "kl_divergence",
+    # metrics
+    "accuracy",
+    "top_k_accuracy",
+    "confusion_matrix",
+    "Mean",
     # training
     "make_train_step",
     "make_eval_step",

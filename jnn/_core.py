@@ -31,6 +31,7 @@ from typing import Any, dataclass_transform
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 Params = dict[str, Any]
 """A nested ``dict`` of ``jax.Array`` leaves with readable names."""
@@ -156,7 +157,7 @@ def check_rank(module: Any, x: jax.Array, rank: int | tuple[int, ...], what: str
 def check_floating(module: Any, x: jax.Array, what: str = "input") -> None:
     """Raise ``DTypeError`` naming ``module`` unless ``x`` has a floating-point dtype."""
     dtype = jnp.result_type(x)
-    if not jnp.issubdtype(dtype, jnp.inexact):
+    if not jnp.issubdtype(dtype, jnp.floating):
         raise DTypeError(
             _layer_name(module),
             f"expected a floating-point {what}, got dtype {dtype}. "
@@ -251,7 +252,10 @@ class Module:
     and dtypes are read.
 
     Write a leaf layer by defining ``init`` (or ``init_with_state``) and ``apply``;
-    write a composite by defining ``forward(self, scope, *inputs)``.
+    write a composite by defining ``forward(self, scope, *inputs)``. A leaf may also
+    define ``check_inputs(self, params, *inputs)``: it runs before the generic params
+    check, so a layer can say precisely what is wrong with an input (``Dense`` reports
+    the expected last dimension) instead of which parameter no longer fits.
 
     Example:
       >>> import jax, jax.numpy as jnp, jnn
@@ -286,6 +290,14 @@ class Module:
                 setattr(cls, name, _public(getattr(Module, name), method))
         if not dataclasses.is_dataclass(cls) or "__dataclass_fields__" not in own:
             dataclasses.dataclass(frozen=True, repr=False)(cls)
+        cls.__hash__ = Module.__hash__
+
+    def __hash__(self) -> int:
+        # dataclass equality says Dense(param_dtype=jnp.float32) equals
+        # Dense(param_dtype=np.dtype("float32")); the hash must agree, so hash dtypes by
+        # their canonical form.
+        values = tuple(_canonical(getattr(self, f.name)) for f in dataclasses.fields(self))
+        return hash((type(self), values))
 
     def __repr__(self) -> str:
         shown = []
@@ -398,6 +410,15 @@ class Module:
     def forward(self, scope: Scope, *inputs: Any, **kwargs: Any) -> Any:
         """Define a composite: compute outputs, calling children as ``scope(name, layer, x)``."""
         raise NotImplementedError
+
+
+def _canonical(value: Any) -> Any:
+    if isinstance(value, type) and (issubclass(value, np.generic) or hasattr(value, "dtype")):
+        try:
+            return np.dtype(value)
+        except TypeError:
+            return value
+    return value
 
 
 def _same(a: Any, b: Any) -> bool:

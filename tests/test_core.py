@@ -79,6 +79,9 @@ def test_layers_are_frozen_hashable_comparable():
         layer.features = 4
     assert layer == jnn.Dense(3) and hash(layer) == hash(jnn.Dense(3))
     assert layer != jnn.Dense(4)
+    # Equal layers hash alike, however their dtype hyperparameters are spelled.
+    same = jnn.Dense(3, param_dtype=np.dtype("float32"))
+    assert same == jnn.Dense(3, param_dtype=jnp.float32) and hash(same) == hash(layer)
     assert repr(jnn.Dense(3, use_bias=False)) == "Dense(features=3, use_bias=False)"
     assert repr(small_model()).startswith("Sequential(layers=(Dense(features=8), Lambda(fn=relu)")
 
