@@ -19,6 +19,7 @@ from jnn._combinators import (
     Sequential,
     from_functions,
 )
+from jnn._conv import Conv, ConvTranspose
 from jnn._core import (
     DTypeError,
     LayerError,
@@ -33,10 +34,8 @@ from jnn._core import (
     check_rank,
     child_key,
 )
-from jnn._conv import Conv, ConvTranspose
 from jnn._dense import MLP, Dense
 from jnn._dropout import Dropout
-from jnn._norm import BatchNorm, GroupNorm, LayerNorm, RMSNorm
 from jnn._losses import (
     binary_cross_entropy,
     huber,
@@ -48,6 +47,7 @@ from jnn._losses import (
     softmax_cross_entropy_with_integer_labels,
 )
 from jnn._metrics import Mean, accuracy, confusion_matrix, top_k_accuracy
+from jnn._norm import BatchNorm, GroupNorm, LayerNorm, RMSNorm
 from jnn._profile import StepProfile, profile_step
 from jnn._training import (
     FitResult,

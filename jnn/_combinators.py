@@ -104,9 +104,7 @@ def _named_layers(owner: str, layers: Any) -> tuple[tuple[Module, ...], tuple[st
     if isinstance(layers, Module) or callable(layers):
         layers = [layers]
     if not isinstance(layers, Sequence):
-        raise TypeError(
-            f"{owner}: expected a list or dict of layers, got {type(layers).__name__}."
-        )
+        raise TypeError(f"{owner}: expected a list or dict of layers, got {type(layers).__name__}.")
     modules = tuple(_as_layer(v, owner) for v in layers)
     counts: dict[str, int] = {}
     names = []
@@ -149,9 +147,7 @@ class Sequential(Module):
         if self.names is not None:
             names = tuple(self.names)
             if len(names) != len(layers):
-                raise ValueError(
-                    f"Sequential: got {len(names)} names for {len(layers)} layers."
-                )
+                raise ValueError(f"Sequential: got {len(names)} names for {len(layers)} layers.")
         if len(set(names)) != len(names):
             raise ValueError(f"Sequential: layer names must be unique, got {names}.")
         object.__setattr__(self, "layers", layers)

@@ -100,7 +100,7 @@ def _layer_name(module: Any) -> str:
     return name() if callable(name) else type(module).__name__
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _name_to_int(name: str) -> int:
     return zlib.crc32(name.encode())
 
@@ -432,8 +432,10 @@ def _short_repr(value: Any) -> str:
     if isinstance(value, Module | tuple | list | str | int | float | bool | type(None)):
         if isinstance(value, tuple | list):
             inner = ", ".join(_short_repr(v) for v in value)
-            return f"({inner},)" if isinstance(value, tuple) and len(value) == 1 else (
-                f"({inner})" if isinstance(value, tuple) else f"[{inner}]"
+            return (
+                f"({inner},)"
+                if isinstance(value, tuple) and len(value) == 1
+                else (f"({inner})" if isinstance(value, tuple) else f"[{inner}]")
             )
         return repr(value)
     if isinstance(value, functools.partial):
@@ -557,7 +559,7 @@ class Scope:
     def param(
         self, name: str, initializer: Callable, shape: Shape, dtype: Any = jnp.float32
     ) -> jax.Array:
-        """A parameter owned by the composite itself, created by ``initializer(key, shape, dtype)``."""
+        """A parameter of the composite itself, made by ``initializer(key, shape, dtype)``."""
         shape = tuple(shape)
         self._claim(name, ("param", initializer, shape, jnp.dtype(dtype)))
         if self._records is not None:

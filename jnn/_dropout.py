@@ -50,7 +50,12 @@ class Dropout(Module):
         object.__setattr__(self, "broadcast_dims", tuple(self.broadcast_dims))
 
     def apply(
-        self, params: Params, x: jax.Array, *, key: jax.Array | None = None, is_training: bool = False
+        self,
+        params: Params,
+        x: jax.Array,
+        *,
+        key: jax.Array | None = None,
+        is_training: bool = False,
     ) -> jax.Array:
         del params
         if not is_training or self.rate == 0.0:

@@ -59,7 +59,9 @@ def test_residual_with_projection_shortcut(key, x):
 
 
 def test_residual_shape_mismatch_is_explained(key, x):
-    with pytest.raises(jnn.ShapeError, match=r"Residual: the layers map shape \(3, 4\) to \(3, 6\)"):
+    with pytest.raises(
+        jnn.ShapeError, match=r"Residual: the layers map shape \(3, 4\) to \(3, 6\)"
+    ):
         jnn.Residual(jnn.Dense(6)).init(key, x)
 
 

@@ -157,11 +157,17 @@ class Noise(jnn.Module):
 def test_state_flows_through_combinators_and_comes_back(key, x_small):
     model = jnn.Sequential([jnn.Dense(3), Counter(), jnn.Residual([Counter(), jnn.Dense(3)])])
     params, state = model.init_with_state(key, x_small)
-    assert jax.tree.map(int, state) == {"counter_0": {"count": 0}, "residual_0": {"counter_0": {"count": 0}}}
+    assert jax.tree.map(int, state) == {
+        "counter_0": {"count": 0},
+        "residual_0": {"counter_0": {"count": 0}},
+    }
     _, state = model.apply(params, x_small, state=state, is_training=True)
     _, state = model.apply(params, x_small, state=state, is_training=True)
     out, state_eval = model.apply(params, x_small, state=state)
-    assert jax.tree.map(int, state) == {"counter_0": {"count": 2}, "residual_0": {"counter_0": {"count": 2}}}
+    assert jax.tree.map(int, state) == {
+        "counter_0": {"count": 2},
+        "residual_0": {"counter_0": {"count": 2}},
+    }
     chex.assert_trees_all_equal(state, state_eval)
     # Without state the output alone comes back, and a stateless model ignores state={}.
     plain = jnn.MLP([3])
@@ -313,18 +319,32 @@ def test_wrong_input_dtype_is_a_type_error(key, x_small):
 def test_params_errors_name_the_path(key, x_small):
     model = jnn.Sequential({"body": small_model()})
     params = model.init(key, x_small)
-    missing = {"body": {"dense_0": {"weight": params["body"]["dense_0"]["weight"]}, "dense_1": params["body"]["dense_1"]}}
-    with pytest.raises(jnn.ParamsError, match=r"Dense at 'body/dense_0': missing params \['bias'\]"):
+    missing = {
+        "body": {
+            "dense_0": {"weight": params["body"]["dense_0"]["weight"]},
+            "dense_1": params["body"]["dense_1"],
+        }
+    }
+    with pytest.raises(
+        jnn.ParamsError, match=r"Dense at 'body/dense_0': missing params \['bias'\]"
+    ):
         model.apply(missing, x_small)
     extra = {"body": {**params["body"], "dense_9": {}}}
-    with pytest.raises(jnn.ParamsError, match=r"Sequential at 'body': unexpected params \['dense_9'\]"):
+    with pytest.raises(
+        jnn.ParamsError, match=r"Sequential at 'body': unexpected params \['dense_9'\]"
+    ):
         model.apply(extra, x_small)
-    leaf_extra = {"body": {**params["body"], "dense_1": {**params["body"]["dense_1"], "kernel": 1.0}}}
+    leaf_extra = {
+        "body": {**params["body"], "dense_1": {**params["body"]["dense_1"], "kernel": 1.0}}
+    }
     with pytest.raises(jnn.ParamsError, match=r"'body/dense_1': unexpected params \['kernel'\]"):
         model.apply(leaf_extra, x_small)
-    wrong = {"body": {**params["body"], "dense_1": {**params["body"]["dense_1"], "bias": jnp.zeros(3)}}}
+    wrong = {
+        "body": {**params["body"], "dense_1": {**params["body"]["dense_1"], "bias": jnp.zeros(3)}}
+    }
     with pytest.raises(
-        jnn.ParamsError, match=r"Dense at 'body/dense_1': params 'bias' has shape \(3,\).* need \(2,\)"
+        jnn.ParamsError,
+        match=r"Dense at 'body/dense_1': params 'bias' has shape \(3,\).* need \(2,\)",
     ):
         model.apply(wrong, x_small)
     with pytest.raises(jnn.ParamsError, match=r"Sequential: expected params as a dict, got list"):

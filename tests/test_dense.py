@@ -56,9 +56,7 @@ def test_perceptron_by_hand():
 
 
 def test_initializers_are_used(key):
-    layer = jnn.Dense(
-        4, w_init=jnn.initializers.constant(0.5), b_init=jnn.initializers.ones
-    )
+    layer = jnn.Dense(4, w_init=jnn.initializers.constant(0.5), b_init=jnn.initializers.ones)
     params = layer.init(key, jnp.zeros((2, 3)))
     np.testing.assert_array_equal(params["weight"], np.full((3, 4), 0.5))
     np.testing.assert_array_equal(params["bias"], np.ones(4))
@@ -71,8 +69,13 @@ def test_gradients(key):
     x = jax.random.normal(key, (2, 4))
     params = layer.init(key, x)
     check_grads(
-        lambda p, x: layer.apply(p, x).sum(), (params, x), order=2, modes=("fwd", "rev"),
-        atol=1e-2, rtol=1e-2, eps=1e-3,
+        lambda p, x: layer.apply(p, x).sum(),
+        (params, x),
+        order=2,
+        modes=("fwd", "rev"),
+        atol=1e-2,
+        rtol=1e-2,
+        eps=1e-3,
     )
 
 
@@ -120,7 +123,9 @@ def test_input_errors(key):
     layer = jnn.Dense(3)
     with pytest.raises(jnn.ShapeError, match=r"Dense: expected input \(at least 1-D\) of rank"):
         layer.init(key, jnp.float32(1.0))
-    with pytest.raises(jnn.DTypeError, match=r"Dense: expected a floating-point input, got dtype int32"):
+    with pytest.raises(
+        jnn.DTypeError, match=r"Dense: expected a floating-point input, got dtype int32"
+    ):
         layer.init(key, jnp.zeros((2, 3), jnp.int32))
     params = layer.init(key, jnp.zeros((2, 784)))
     with pytest.raises(

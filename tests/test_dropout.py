@@ -35,7 +35,9 @@ def test_same_key_same_mask_and_new_key_new_mask(key):
 
 
 def test_broadcast_dims_share_the_mask(key):
-    y = jnn.Dropout(0.5, broadcast_dims=(0,)).apply({}, jnp.ones((5, 16)), key=key, is_training=True)
+    y = jnn.Dropout(0.5, broadcast_dims=(0,)).apply(
+        {}, jnp.ones((5, 16)), key=key, is_training=True
+    )
     assert (y == y[0]).all()
 
 
@@ -53,7 +55,9 @@ def test_errors(key):
         jnn.Dropout(1.5)
     model = jnn.Sequential([jnn.Dense(2), jnn.Dropout(0.5)])
     params = model.init(key, jnp.ones((1, 3)))
-    with pytest.raises(jnn.MissingKeyError, match=r"Dropout at 'dropout_0': is_training=True needs a PRNG key"):
+    with pytest.raises(
+        jnn.MissingKeyError, match=r"Dropout at 'dropout_0': is_training=True needs a PRNG key"
+    ):
         model.apply(params, jnp.ones((1, 3)), is_training=True)
 
 

@@ -39,7 +39,9 @@ def test_step_equals_hand_written_update_and_lowers_the_loss(key, data):
     grads = jax.grad(loss)(params)
     updates, _ = optimizer.update(grads, opt_state, params)
     expected = optax.apply_updates(params, updates)
-    step = jnn.make_train_step(model, cross_entropy, optimizer, metrics={"accuracy": accuracy}, donate=False)
+    step = jnn.make_train_step(
+        model, cross_entropy, optimizer, metrics={"accuracy": accuracy}, donate=False
+    )
     new_params, opt_state, logs = step(params, opt_state, (x, y))
     chex.assert_trees_all_close(new_params, expected, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(logs["loss"], loss(params), rtol=1e-6)
@@ -129,8 +131,17 @@ def test_fit_trains_reproducibly_and_keeps_the_callers_params(key, data):
     model = jnn.Sequential([jnn.Dense(16), jnn.relu, jnn.Dropout(0.1), jnn.Dense(2)])
     params = model.init(key, x)
     run = lambda: jnn.fit(  # noqa: E731
-        model, params, cross_entropy, optax.adam(1e-2), (x, y), key=jax.random.key(3),
-        epochs=8, batch_size=16, eval_data=(x, y), metrics={"accuracy": accuracy}, progress=False,
+        model,
+        params,
+        cross_entropy,
+        optax.adam(1e-2),
+        (x, y),
+        key=jax.random.key(3),
+        epochs=8,
+        batch_size=16,
+        eval_data=(x, y),
+        metrics={"accuracy": accuracy},
+        progress=False,
     )
     first, second = run(), run()
     assert not params["dense_0"]["weight"].is_deleted()
@@ -146,8 +157,17 @@ def test_fit_with_batch_norm_state(key, data):
     model = jnn.Sequential([jnn.Dense(16), jnn.BatchNorm(momentum=0.9), jnn.relu, jnn.Dense(2)])
     params, state = model.init_with_state(key, x)
     result = jnn.fit(
-        model, params, cross_entropy, optax.adam(1e-2), (x, y), key=key, state=state,
-        epochs=3, batch_size=32, eval_data=(x, y), progress=False,
+        model,
+        params,
+        cross_entropy,
+        optax.adam(1e-2),
+        (x, y),
+        key=key,
+        state=state,
+        epochs=3,
+        batch_size=32,
+        eval_data=(x, y),
+        progress=False,
     )
     assert set(result.state) == {"batch_norm_0"}
     assert not np.allclose(result.state["batch_norm_0"]["variance"], 1.0)
