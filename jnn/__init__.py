@@ -48,6 +48,7 @@ from jnn._losses import (
 )
 from jnn._metrics import Mean, accuracy, confusion_matrix, top_k_accuracy
 from jnn._norm import BatchNorm, GroupNorm, LayerNorm, RMSNorm
+from jnn._pooling import AvgPool, Flatten, GlobalAvgPool, GlobalMaxPool, MaxPool, Reshape
 from jnn._profile import StepProfile, profile_step
 from jnn._training import (
     FitResult,
@@ -94,6 +95,12 @@ __all__ = [
     "MLP",
     "Conv",
     "ConvTranspose",
+    "MaxPool",
+    "AvgPool",
+    "GlobalMaxPool",
+    "GlobalAvgPool",
+    "Flatten",
+    "Reshape",
     "Dropout",
     "BatchNorm",
     "LayerNorm",

@@ -143,8 +143,24 @@ def _specs(tree: Any) -> Any:
 # --------------------------------------------------------------------------- shared checks
 
 
-def check_rank(module: Any, x: jax.Array, rank: int | tuple[int, ...], what: str = "input") -> None:
-    """Raise ``ShapeError`` naming ``module`` unless ``x.ndim`` is ``rank`` (or one of them)."""
+def check_rank(
+    module: Any,
+    x: jax.Array,
+    rank: int | tuple[int, ...] | None = None,
+    what: str = "input",
+    *,
+    min_rank: int | None = None,
+) -> None:
+    """Raise ``ShapeError`` naming ``module`` unless ``x.ndim`` is ``rank`` (or one of
+    them), or at least ``min_rank``."""
+    if min_rank is not None:
+        if jnp.ndim(x) < min_rank:
+            raise ShapeError(
+                _layer_name(module),
+                f"expected {what} of rank at least {min_rank}, got shape "
+                f"{tuple(jnp.shape(x))}.",
+            )
+        return
     ranks = (rank,) if isinstance(rank, int) else tuple(rank)
     if jnp.ndim(x) not in ranks:
         want = " or ".join(str(r) for r in ranks)
@@ -360,7 +376,10 @@ class Module:
         if cls._raw_forward is not None:
             return _init_composite(self, key, inputs, kwargs)
         if cls._raw_apply is not None:
-            return {}, {}  # a layer without parameters need not define init
+            # A layer without parameters need not define init; running its apply on
+            # abstract inputs still checks them, as init does for every other layer.
+            jax.eval_shape(lambda xs, kw: cls._raw_apply(self, {}, *xs, **kw), inputs, kwargs)
+            return {}, {}
         raise NotImplementedError(
             f"{cls.__name__} defines neither init/apply nor forward; see jnn.Module."
         )

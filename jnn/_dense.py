@@ -69,7 +69,7 @@ class Dense(Module):
         _check_features(self, self.features)
 
     def init(self, key: jax.Array, x: jax.Array) -> Params:
-        check_rank(self, x, tuple(range(1, 33)), "input (at least 1-D)")
+        check_rank(self, x, min_rank=1)
         check_floating(self, x)
         params = {
             "weight": self.w_init(
