@@ -36,6 +36,7 @@ from jnn._core import (
 )
 from jnn._dense import MLP, Dense
 from jnn._dropout import Dropout
+from jnn._embedding import Embedding
 from jnn._losses import (
     binary_cross_entropy,
     huber,
@@ -50,6 +51,7 @@ from jnn._metrics import Mean, accuracy, confusion_matrix, top_k_accuracy
 from jnn._norm import BatchNorm, GroupNorm, LayerNorm, RMSNorm
 from jnn._pooling import AvgPool, Flatten, GlobalAvgPool, GlobalMaxPool, MaxPool, Reshape
 from jnn._profile import StepProfile, profile_step
+from jnn._recurrent import RNN, Bidirectional, GRUCell, LSTMCell, SimpleRNNCell
 from jnn._training import (
     FitResult,
     batches,
@@ -102,6 +104,12 @@ __all__ = [
     "Flatten",
     "Reshape",
     "Dropout",
+    "Embedding",
+    "SimpleRNNCell",
+    "LSTMCell",
+    "GRUCell",
+    "RNN",
+    "Bidirectional",
     "BatchNorm",
     "LayerNorm",
     "GroupNorm",
