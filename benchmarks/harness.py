@@ -65,20 +65,23 @@ def torch_runner(model, x, y, learning_rate: float) -> Runner:
     return Runner(run, count, first)
 
 
-def matmul_gflops(size: int = 2048, repeats: int = 10) -> float:
-    """The machine's float32 matmul rate under XLA, best of ``repeats``."""
+def matmul_gflops(sizes=(512, 1024, 2048), repeats: int = 20, dtype: str = "float32") -> float:
+    """The machine's square-matmul rate under XLA: the best over sizes and repeats."""
     import jax
     import jax.numpy as jnp
 
-    a = jnp.ones((size, size), jnp.float32)
-    matmul = jax.jit(lambda a: a @ a)
-    jax.block_until_ready(matmul(a))
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
+    rates = []
+    for size in sizes:
+        a = jnp.ones((size, size), dtype)
+        matmul = jax.jit(lambda a: a @ a)
         jax.block_until_ready(matmul(a))
-        best = min(best, time.perf_counter() - start)
-    return 2 * size**3 / best / 1e9
+        best = float("inf")
+        for _ in range(repeats):
+            start = time.perf_counter()
+            jax.block_until_ready(matmul(a))
+            best = min(best, time.perf_counter() - start)
+        rates.append(2 * size**3 / best / 1e9)
+    return max(rates)
 
 
 def calibrate(runner: Runner, target_seconds: float) -> int:

@@ -50,7 +50,7 @@ class Lambda(Module):
     Shapes:
       Whatever ``fn`` does.
 
-    Example:
+    Examples:
       >>> import jax.numpy as jnp, jnn
       >>> jnn.Lambda(jnn.relu).apply({}, jnp.array([-1.0, 2.0])).tolist()
       [0.0, 2.0]
@@ -128,7 +128,7 @@ class Sequential(Module):
     Shapes:
       The composition of the children's shapes.
 
-    Example:
+    Examples:
       >>> import jax, jax.numpy as jnp, jnn
       >>> model = jnn.Sequential([jnn.Dense(8), jnn.relu, jnn.Dense(2)])
       >>> params = model.init(jax.random.key(0), jnp.zeros((4, 3)))
@@ -179,7 +179,7 @@ class Residual(Module):
     Raises:
       ShapeError: If the two paths give different shapes.
 
-    Example:
+    Examples:
       >>> import jax, jax.numpy as jnp, jnn
       >>> block = jnn.Residual([jnn.Dense(4), jnn.relu])
       >>> params = block.init(jax.random.key(0), jnp.zeros((2, 4)))
@@ -229,7 +229,7 @@ class Parallel(Module):
       ``concat``: branch outputs ``[..., f_i]`` give ``[..., sum(f_i)]``; ``sum``/``mean``
       need equal shapes.
 
-    Example:
+    Examples:
       >>> import jax, jax.numpy as jnp, jnn
       >>> both = jnn.Parallel([jnn.Dense(2), jnn.Dense(3)])
       >>> params = both.init(jax.random.key(0), jnp.zeros((5, 4)))
@@ -282,7 +282,7 @@ class Repeat(Module):
     Shapes:
       ``x`` to ``x.shape``; params ``[count, *block_param_shape]``.
 
-    Example:
+    Examples:
       >>> import jax, jax.numpy as jnp, jnn
       >>> deep = jnn.Repeat(jnn.Residual([jnn.Dense(16), jnn.relu]), count=8)
       >>> params = deep.init(jax.random.key(0), jnp.zeros((2, 16)))
@@ -378,7 +378,7 @@ def from_functions(init_fn: Callable, apply_fn: Callable, name: str = "FunctionM
     ``init_fn`` receives the samples as ``jax.ShapeDtypeStruct`` (shapes and dtypes
     only). ``apply_fn`` may also take ``key`` and ``is_training`` keyword arguments.
 
-    Example:
+    Examples:
       >>> import jax, jax.numpy as jnp, jnn
       >>> scale = jnn.from_functions(
       ...     lambda key, x: {"scale": jnp.ones(x.shape[-1])},

@@ -245,7 +245,7 @@ class Conv(_ConvBase):
         from init or are not a multiple of ``groups``, or the output would be empty.
       DTypeError: If the input is not floating point.
 
-    Example:
+    Examples:
       >>> import jax, jax.numpy as jnp
       >>> from jnn._conv import Conv
       >>> conv = Conv(16, kernel_size=(3, 3), stride=2)
@@ -354,7 +354,7 @@ class ConvTranspose(_ConvBase):
       ShapeError: As ``Conv``, and if ``padding`` crops the whole output.
       DTypeError: If the input is not floating point.
 
-    Example:
+    Examples:
       >>> import jax, jax.numpy as jnp
       >>> from jnn._conv import ConvTranspose
       >>> up = ConvTranspose(8, kernel_size=(4, 4), stride=2, padding=1)

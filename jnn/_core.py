@@ -273,7 +273,7 @@ class Module:
     check, so a layer can say precisely what is wrong with an input (``Dense`` reports
     the expected last dimension) instead of which parameter no longer fits.
 
-    Example:
+    Examples:
       >>> import jax, jax.numpy as jnp, jnn
       >>> class Scale(jnn.Module):
       ...     def init(self, key, x):

@@ -48,7 +48,7 @@ class Dense(Module):
       ShapeError: If the input's last dimension differs from ``in_features`` set at init.
       DTypeError: If the input is not floating point.
 
-    Example:
+    Examples:
       >>> import jax, jax.numpy as jnp, jnn
       >>> layer = jnn.Dense(3)
       >>> params = layer.init(jax.random.key(0), jnp.zeros((8, 5)))
@@ -118,7 +118,7 @@ class MLP(Module):
     Shapes:
       ``[..., in_features]`` to ``[..., features[-1]]``.
 
-    Example:
+    Examples:
       >>> import jax, jax.numpy as jnp, jnn
       >>> mlp = jnn.MLP([64, 64, 10])
       >>> params = mlp.init(jax.random.key(0), jnp.zeros((1, 784)))

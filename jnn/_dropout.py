@@ -30,7 +30,7 @@ class Dropout(Module):
     Raises:
       MissingKeyError: If ``is_training=True`` and no ``key`` is given.
 
-    Example:
+    Examples:
       >>> import jax, jax.numpy as jnp, jnn
       >>> drop = jnn.Dropout(0.5)
       >>> x = jnp.ones((2, 4))

@@ -63,7 +63,7 @@ class Embedding(Module):
         point, or ``attend`` is not a Python bool.
       ShapeError: If the attended input's last dimension is not ``features``.
 
-    Example:
+    Examples:
       >>> import jax, jax.numpy as jnp
       >>> from jnn._embedding import Embedding
       >>> embed = Embedding(num_embeddings=10, features=4)

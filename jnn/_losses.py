@@ -118,7 +118,7 @@ def mean_squared_error(
       ShapeError: If the two shapes differ (no broadcasting).
       ValueError: If ``reduction`` is not one of the three names.
 
-    Example:
+    Examples:
       >>> import jax.numpy as jnp
       >>> from jnn._losses import mean_squared_error
       >>> float(mean_squared_error(jnp.array([1.0, 2.0]), jnp.array([1.0, 4.0])))
@@ -153,7 +153,7 @@ def mean_absolute_error(
       ShapeError: If the two shapes differ (no broadcasting).
       ValueError: If ``reduction`` is not one of the three names.
 
-    Example:
+    Examples:
       >>> import jax.numpy as jnp
       >>> from jnn._losses import mean_absolute_error
       >>> float(mean_absolute_error(jnp.array([1.0, 2.0]), jnp.array([0.0, 4.0])))
@@ -198,7 +198,7 @@ def huber(
       ShapeError: If the two shapes differ (no broadcasting).
       ValueError: If ``reduction`` is unknown or ``delta`` is not positive.
 
-    Example:
+    Examples:
       >>> import jax.numpy as jnp
       >>> from jnn._losses import huber
       >>> huber(jnp.array([0.5, 3.0]), jnp.zeros(2), reduction="none").tolist()
@@ -244,7 +244,7 @@ def binary_cross_entropy(
       ShapeError: If the two shapes differ (no broadcasting).
       ValueError: If ``reduction`` is unknown or ``eps`` is outside ``[0, 0.5)``.
 
-    Example:
+    Examples:
       >>> import jax.numpy as jnp
       >>> from jnn._losses import binary_cross_entropy
       >>> round(float(binary_cross_entropy(jnp.array([0.5, 0.5]), jnp.array([0, 1]))), 4)
@@ -287,7 +287,7 @@ def sigmoid_binary_cross_entropy(
       ShapeError: If the two shapes differ (no broadcasting).
       ValueError: If ``reduction`` is not one of the three names.
 
-    Example:
+    Examples:
       >>> import jax.numpy as jnp
       >>> from jnn._losses import sigmoid_binary_cross_entropy
       >>> round(float(sigmoid_binary_cross_entropy(jnp.zeros(2), jnp.array([0, 1]))), 4)
@@ -332,7 +332,7 @@ def softmax_cross_entropy(
       ShapeError: If ``targets`` differs in shape from ``logits``, or ``logits`` is 0-D.
       ValueError: If ``reduction`` is unknown or ``label_smoothing`` is outside ``[0, 1]``.
 
-    Example:
+    Examples:
       >>> import jax.numpy as jnp
       >>> from jnn._losses import softmax_cross_entropy
       >>> logits = jnp.zeros((2, 4))
@@ -392,7 +392,7 @@ def softmax_cross_entropy_with_integer_labels(
       DTypeError: If ``labels`` is not of an integer dtype (a ``TypeError``).
       ValueError: If ``reduction`` is unknown or ``label_smoothing`` is outside ``[0, 1]``.
 
-    Example:
+    Examples:
       >>> import jax.numpy as jnp
       >>> from jnn._losses import softmax_cross_entropy_with_integer_labels
       >>> logits = jnp.array([[2.0, 0.0, 0.0], [0.0, 0.0, 0.0]])
@@ -463,7 +463,7 @@ def kl_divergence(
       ShapeError: If the two shapes differ, or the inputs are 0-D.
       ValueError: If ``reduction`` is not one of the three names.
 
-    Example:
+    Examples:
       >>> import jax.numpy as jnp
       >>> from jnn._losses import kl_divergence
       >>> log_p = jnp.log(jnp.array([0.5, 0.5]))

@@ -72,7 +72,7 @@ def accuracy(
       ShapeError: If the shapes match neither form.
       DTypeError: If ``labels`` (or predictions of the labels' shape) are not integers.
 
-    Example:
+    Examples:
       >>> import jax.numpy as jnp
       >>> from jnn._metrics import accuracy
       >>> logits = jnp.array([[2.0, 1.0], [0.0, 3.0], [1.0, 0.0]])
@@ -104,7 +104,7 @@ def top_k_accuracy(
       DTypeError: If ``labels`` is not of an integer dtype.
       ValueError: If ``k`` is not an int in ``[1, num_classes]``.
 
-    Example:
+    Examples:
       >>> import jax.numpy as jnp
       >>> from jnn._metrics import top_k_accuracy
       >>> logits = jnp.array([[0.5, 0.3, 0.2], [0.1, 0.2, 0.7]])
@@ -159,7 +159,7 @@ def confusion_matrix(
       DTypeError: If ``labels`` (or predictions of the labels' shape) are not integers.
       ValueError: If ``num_classes`` is not a positive int.
 
-    Example:
+    Examples:
       >>> import jax.numpy as jnp
       >>> from jnn._metrics import confusion_matrix
       >>> confusion_matrix(jnp.array([0, 1, 1]), jnp.array([0, 0, 1]), num_classes=2).tolist()
@@ -187,7 +187,7 @@ class Mean(NamedTuple):
     ``update`` returns a new ``Mean`` and never mutates, so the accumulator can be the
     carry of ``jax.lax.scan`` or an argument and result of a jitted step.
 
-    Example:
+    Examples:
       >>> import jax, jax.numpy as jnp
       >>> from jnn._metrics import Mean
       >>> def step(mean, batch):

@@ -56,7 +56,7 @@ class BatchNorm(Module):
     Raises:
       ParamsError: If ``apply`` gets no ``state``.
 
-    Example:
+    Examples:
       >>> import jax, jax.numpy as jnp, jnn
       >>> bn = jnn.BatchNorm()
       >>> x = jnp.arange(8.0).reshape(4, 2)
@@ -304,7 +304,7 @@ class LayerNorm(_AxisNorm):
       ShapeError: If the input lacks the axes, or their sizes differ from those at init.
       DTypeError: If the input is not real floating point.
 
-    Example:
+    Examples:
       >>> import jax, jax.numpy as jnp, jnn
       >>> from jnn._norm import LayerNorm
       >>> ln = LayerNorm()
@@ -351,7 +351,7 @@ class RMSNorm(_AxisNorm):
       ShapeError: If the input lacks the axes, or their sizes differ from those at init.
       DTypeError: If the input is not real floating point.
 
-    Example:
+    Examples:
       >>> import jax, jax.numpy as jnp, jnn
       >>> from jnn._norm import RMSNorm
       >>> rms = RMSNorm(epsilon=0.0)
@@ -403,7 +403,7 @@ class GroupNorm(Module):
         the number of groups (or ``group_size``), or differs from the one at init.
       DTypeError: If the input is not real floating point.
 
-    Example:
+    Examples:
       >>> import jax, jax.numpy as jnp, jnn
       >>> from jnn._norm import GroupNorm
       >>> gn = GroupNorm(num_groups=2)

@@ -293,7 +293,7 @@ class MaxPool(_Pool):
         padding) is smaller than the window.
       DTypeError: If the input is not floating point.
 
-    Example:
+    Examples:
       >>> import jax.numpy as jnp
       >>> from jnn._pooling import MaxPool
       >>> x = jnp.arange(16.0).reshape(1, 4, 4, 1)  # [batch, height, width, channels]
@@ -344,7 +344,7 @@ class AvgPool(_Pool):
         padding) is smaller than the window.
       DTypeError: If the input is not floating point.
 
-    Example:
+    Examples:
       >>> import jax.numpy as jnp
       >>> from jnn._pooling import AvgPool
       >>> x = jnp.array([1.0, 2.0, 3.0, 4.0, 5.0]).reshape(1, 5, 1)  # [batch, length, 1]
@@ -411,7 +411,7 @@ class GlobalMaxPool(_GlobalPool):
       ShapeError: If the input has rank below 3.
       DTypeError: If the input is not floating point.
 
-    Example:
+    Examples:
       >>> import jax.numpy as jnp
       >>> from jnn._pooling import GlobalMaxPool
       >>> x = jnp.arange(24.0).reshape(2, 3, 2, 2)  # [batch, height, width, channels]
@@ -438,7 +438,7 @@ class GlobalAvgPool(_GlobalPool):
       ShapeError: If the input has rank below 3.
       DTypeError: If the input is not floating point.
 
-    Example:
+    Examples:
       >>> import jax.numpy as jnp
       >>> from jnn._pooling import GlobalAvgPool
       >>> x = jnp.arange(24.0).reshape(2, 3, 2, 2)  # [batch, height, width, channels]
@@ -466,7 +466,7 @@ class Flatten(Module):
       ValueError: At construction, if ``start_axis`` is not an int.
       ShapeError: If the input has no axis ``start_axis``.
 
-    Example:
+    Examples:
       >>> import jax.numpy as jnp
       >>> from jnn._pooling import Flatten
       >>> Flatten().apply({}, jnp.zeros((8, 7, 7, 16))).shape
@@ -509,7 +509,7 @@ class Reshape(Module):
       ValueError: At construction, for an invalid ``shape``.
       ShapeError: If an example's size does not fit ``shape``.
 
-    Example:
+    Examples:
       >>> import jax.numpy as jnp
       >>> from jnn._pooling import Reshape
       >>> Reshape((7, 7, -1)).apply({}, jnp.zeros((8, 784))).shape

@@ -55,7 +55,7 @@ def profile_step(step: Callable, *args: Any, repeats: int = 50, warmup: int = 3)
     Returns:
       A ``StepProfile``; ``print`` it for a one-line summary.
 
-    Example:
+    Examples:
       >>> import jax, jax.numpy as jnp, jnn
       >>> profile = jnn.profile_step(lambda x: jnp.sin(x) @ x, jnp.ones((64, 64)), repeats=5)
       >>> profile.compile > 0 and profile.run > 0

@@ -164,7 +164,7 @@ class SimpleRNNCell(_Cell):
       [features]}, "hidden": {"weight": [features, features]}}``. The carry ``h`` and the
       output are ``[*batch, features]``.
 
-    Example:
+    Examples:
       >>> import jax, jax.numpy as jnp
       >>> from jnn._recurrent import SimpleRNNCell
       >>> cell = SimpleRNNCell(4)
@@ -225,7 +225,7 @@ class LSTMCell(_Cell):
       "bias": [4 * features]}, "hidden": {"weight": [features, 4 * features]}}``. The
       carry is the tuple ``(h, c)``, each ``[*batch, features]``; the output is ``h'``.
 
-    Example:
+    Examples:
       >>> import jax, jax.numpy as jnp
       >>> from jnn._recurrent import LSTMCell
       >>> cell = LSTMCell(4)
@@ -303,7 +303,7 @@ class GRUCell(_Cell):
       "bias": [3 * features]}, "hidden": {"weight": [features, 3 * features], "bias":
       [features]}}``. The carry ``h`` and the output are ``[*batch, features]``.
 
-    Example:
+    Examples:
       >>> import jax, jax.numpy as jnp
       >>> from jnn._recurrent import GRUCell
       >>> cell = GRUCell(4)
@@ -393,7 +393,7 @@ class RNN(Module):
       DTypeError: If ``x`` is not floating point, ``lengths`` not integer or ``mask``
         not boolean.
 
-    Example:
+    Examples:
       >>> import jax, jax.numpy as jnp
       >>> from jnn._core import Module
       >>> from jnn._recurrent import RNN, LSTMCell
@@ -623,7 +623,7 @@ class Bidirectional(Module):
       ValueError: If the two RNNs disagree on ``return_sequences``, ``return_carry`` or
         ``time_major``, or ``forward_rnn`` has ``reverse=True``.
 
-    Example:
+    Examples:
       >>> import jax, jax.numpy as jnp
       >>> from jnn._recurrent import RNN, Bidirectional, GRUCell
       >>> both = Bidirectional(RNN(GRUCell(4)), RNN(GRUCell(6)))

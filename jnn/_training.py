@@ -64,7 +64,7 @@ def make_train_step(
       The step function. ``batch`` is ``(inputs, targets)``; ``inputs`` may be a tuple
       for models with several inputs. ``key`` feeds stochastic layers (dropout).
 
-    Example:
+    Examples:
       >>> import jax, jax.numpy as jnp, optax, jnn
       >>> model = jnn.MLP([16, 3])
       >>> x, y = jnp.ones((8, 4)), jnp.zeros((8,), jnp.int32)
@@ -152,7 +152,7 @@ def batches(
     Yields:
       Pytrees like ``data`` whose leaves have leading axis ``batch_size`` (or fewer).
 
-    Example:
+    Examples:
       >>> import numpy as np, jax, jnn
       >>> x, y = np.arange(10.0), np.arange(10)
       >>> [len(b[0]) for b in jnn.batches((x, y), 4)]

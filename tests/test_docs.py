@@ -1,0 +1,23 @@
+"""The Python blocks of the narrative docs run as written, in order, one namespace per page."""
+
+import re
+from pathlib import Path
+
+import pytest
+
+DOCS = Path(__file__).resolve().parent.parent / "docs"
+# design.md shows Flax and Equinox code beside jnn's; those libraries are not test deps.
+PAGES = ["index.md", "ground_up.md", "dense.md", "cnn.md", "training.md"]
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_page_code_runs(page, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    blocks = re.findall(r"```python\n(.*?)```", (DOCS / page).read_text(), flags=re.S)
+    assert blocks, f"{page} has no Python blocks"
+    namespace: dict = {}
+    for i, block in enumerate(blocks):
+        try:
+            exec(compile(block, f"{page}[block {i}]", "exec"), namespace)
+        except Exception as error:
+            raise AssertionError(f"{page}, block {i} failed:\n{block}") from error
