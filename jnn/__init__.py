@@ -9,6 +9,7 @@ A model is an immutable object holding hyperparameters, with ``init`` and ``appl
 """
 
 from jnn import activations, initializers
+from jnn._attention import MultiHeadAttention, causal_mask, combine_masks, padding_mask
 from jnn._combinators import (
     FunctionModule,
     Identity,
@@ -50,6 +51,12 @@ from jnn._losses import (
 from jnn._metrics import Mean, accuracy, confusion_matrix, top_k_accuracy
 from jnn._norm import BatchNorm, GroupNorm, LayerNorm, RMSNorm
 from jnn._pooling import AvgPool, Flatten, GlobalAvgPool, GlobalMaxPool, MaxPool, Reshape
+from jnn._positional import (
+    LearnedPositions,
+    SinusoidalPositions,
+    rotary_embedding,
+    sinusoidal_positions,
+)
 from jnn._profile import StepProfile, profile_step
 from jnn._recurrent import RNN, Bidirectional, GRUCell, LSTMCell, SimpleRNNCell
 from jnn._training import (
@@ -110,6 +117,14 @@ __all__ = [
     "GRUCell",
     "RNN",
     "Bidirectional",
+    "MultiHeadAttention",
+    "causal_mask",
+    "padding_mask",
+    "combine_masks",
+    "SinusoidalPositions",
+    "LearnedPositions",
+    "sinusoidal_positions",
+    "rotary_embedding",
     "BatchNorm",
     "LayerNorm",
     "GroupNorm",

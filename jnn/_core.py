@@ -157,8 +157,7 @@ def check_rank(
         if jnp.ndim(x) < min_rank:
             raise ShapeError(
                 _layer_name(module),
-                f"expected {what} of rank at least {min_rank}, got shape "
-                f"{tuple(jnp.shape(x))}.",
+                f"expected {what} of rank at least {min_rank}, got shape {tuple(jnp.shape(x))}.",
             )
         return
     ranks = (rank,) if isinstance(rank, int) else tuple(rank)
@@ -238,6 +237,17 @@ def _accepted(fn: Callable) -> frozenset[str]:
             {"state"} if "state" in parameters else set()
         )
     return frozenset(a for a in _CONTEXT_ARGS if a in parameters)
+
+
+@functools.lru_cache(maxsize=1024)
+def _takes_keyword(fn: Callable, name: str) -> bool:
+    try:
+        parameters = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return True
+    if name in parameters:
+        return parameters[name].kind is not inspect.Parameter.POSITIONAL_ONLY
+    return any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
 
 
 def _public(base_method: Callable, raw: Callable) -> Callable:
@@ -468,7 +478,15 @@ def _short_repr(value: Any) -> str:
 
 
 def _expected_trees(module: Module, inputs: Any, kwargs: Any) -> tuple[Any, Any]:
-    """Shapes of the params and state that ``init`` would create for these inputs."""
+    """Shapes of the params and state that ``init`` would create for these inputs.
+
+    Keyword arguments of ``apply`` (masks, caches, flags) reach ``init`` only if it
+    names them or takes ``**kwargs``, so a layer's ``init`` need not accept them all.
+    """
+    cls = type(module)
+    raw_init = cls._raw_init_with_state or cls._raw_init
+    if raw_init is not None and kwargs:
+        kwargs = {k: v for k, v in kwargs.items() if _takes_keyword(raw_init, k)}
     inputs, kwargs = _specs(inputs), _specs(kwargs)
     try:
         return _expected_cached(module, inputs, tuple(sorted(kwargs.items())))

@@ -401,3 +401,19 @@ def test_repeat_compile_time_does_not_grow_with_depth():
     deep = min(_compile_seconds(48) for _ in range(2))
     # Unrolled, 48 blocks take ~12x longer; scanned they take about the same time.
     assert deep < 2.0 * shallow + 0.2, (shallow, deep)
+
+
+class Masked(jnn.Module):
+    """A leaf whose apply takes a keyword that its init does not."""
+
+    def init(self, key, x):
+        return {"w": jnp.ones(x.shape[-1])}
+
+    def apply(self, params, x, *, mask=None):
+        return x * params["w"] * (1.0 if mask is None else mask)
+
+
+def test_apply_keywords_need_not_be_accepted_by_init(key, x_small):
+    params = Masked().init(key, x_small)
+    out = Masked().apply(params, x_small, mask=jnp.zeros_like(x_small))
+    np.testing.assert_array_equal(out, np.zeros_like(x_small))

@@ -121,7 +121,9 @@ def test_hyperparameter_errors():
 
 def test_input_errors(key):
     layer = jnn.Dense(3)
-    with pytest.raises(jnn.ShapeError, match=r"Dense: expected input of rank at least 1, got shape \(\)"):
+    with pytest.raises(
+        jnn.ShapeError, match=r"Dense: expected input of rank at least 1, got shape \(\)"
+    ):
         layer.init(key, jnp.float32(1.0))
     with pytest.raises(
         jnn.DTypeError, match=r"Dense: expected a floating-point input, got dtype int32"

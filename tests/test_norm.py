@@ -389,7 +389,9 @@ def test_layer_norm_and_rms_norm_errors(key):
         LayerNorm(axis=-3, use_scale=False, use_offset=False).apply({}, jnp.zeros((4, 5)))
     with pytest.raises(jnn.DTypeError, match=r"LayerNorm: expected a floating-point input"):
         no_params.apply({}, jnp.zeros((4, 5), jnp.int32))
-    with pytest.raises(jnn.DTypeError, match=r"LayerNorm: expected a floating-point input, got dtype complex64"):
+    with pytest.raises(
+        jnn.DTypeError, match=r"LayerNorm: expected a floating-point input, got dtype complex64"
+    ):
         no_params.init(key, jnp.zeros((4, 5), jnp.complex64))
     rms = RMSNorm(use_scale=False, use_offset=True)
     with pytest.raises(
