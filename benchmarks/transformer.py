@@ -31,9 +31,7 @@ def jnn_transformer(batch: int) -> Runner:
     x, y = _data(batch)
     model = jnn.Sequential(
         [
-            jnn.Repeat(
-                jnn.TransformerEncoderBlock(num_heads=HEADS, mlp_features=HIDDEN), count=LAYERS
-            ),
+            jnn.Repeat(jnn.TransformerBlock(num_heads=HEADS, mlp_features=HIDDEN), count=LAYERS),
             jnn.LayerNorm(),
             jnn.Lambda(lambda h: h.mean(axis=1), name="mean"),
             jnn.Dense(CLASSES),

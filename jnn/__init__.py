@@ -67,6 +67,7 @@ from jnn._training import (
     make_eval_step,
     make_train_step,
 )
+from jnn._transformer import TransformerBlock, TransformerLM
 from jnn.activations import (
     elu,
     gelu,
@@ -125,6 +126,8 @@ __all__ = [
     "LearnedPositions",
     "sinusoidal_positions",
     "rotary_embedding",
+    "TransformerBlock",
+    "TransformerLM",
     "BatchNorm",
     "LayerNorm",
     "GroupNorm",
