@@ -4,9 +4,10 @@
   analysis cannot see, so their fields would not appear in the signature (and every
   documented argument would warn). This synthesises ``__init__`` from the annotated fields,
   in definition order, parents first, as ``dataclasses`` does.
-* The docstrings keep reST's ``.. math::`` and literal ``::`` blocks (they double as Sphinx
-  and doctest sources). Markdown has neither, and the site loads no MathJax, so each
-  becomes a fenced code block.
+* The docstrings keep reST's ``.. math::``, ``:math:`` and literal ``::`` blocks (they
+  double as Sphinx and doctest sources). Markdown has none of them, and the site loads no
+  MathJax, so blocks become fenced code and the role becomes inline code. A singular
+  ``Example:`` section (the house style's spelling) is read as ``Examples:``.
 """
 
 from __future__ import annotations
@@ -82,9 +83,14 @@ def _fence(lines: list[str], start: int, indent: int, first: str, lang: str) -> 
 
 
 _MATH = re.compile(r"^(\s*)\.\. math::\s*(.*)$")
+_MATH_ROLE = re.compile(r":math:`([^`]*)`")
+_EXAMPLE = re.compile(r"^(\s*)Example:[ \t]*$", re.M)
 
 
 def _markdown(doc: str) -> str:
+    # griffe reads only the plural as an examples section (with ``>>>`` blocks as code).
+    doc = _EXAMPLE.sub(r"\1Examples:", doc)
+    doc = _MATH_ROLE.sub(r"`\1`", doc)
     lines = doc.splitlines()
     out: list[str] = []
     i = 0

@@ -225,7 +225,9 @@ class LearnedPositions(Module):
         return x + rows.astype(x.dtype)
 
 
-def rotary_embedding(x: jax.Array, positions: jax.typing.ArrayLike, base: float = 10000.0):
+def rotary_embedding(
+    x: jax.Array, positions: jax.typing.ArrayLike, base: float = 10000.0
+) -> jax.Array:
     r"""Rotary position embedding (RoPE, Su et al. 2021), in the rotate-half convention.
 
     The last axis of ``x`` is split into halves ``x_1 = x[..., :d/2]`` and

@@ -100,7 +100,23 @@ def make_train_step(
     if not jit:
         return step
     donated = ("params", "opt_state", "state") if donate else ()
-    return jax.jit(step, donate_argnames=donated)
+    compiled = jax.jit(step, donate_argnames=donated)
+
+    # jit caches keyword and positional calls separately; passing everything by position
+    # keeps step(p, o, b, key) and step(p, o, b, key=key) on one compiled program.
+    @functools.wraps(step)
+    def train_step(params, opt_state, batch, key=None, state=None):
+        return compiled(params, opt_state, batch, key, state)
+
+    train_step.trace = lambda *a, **k: compiled.trace(*_positional(a, k))
+    train_step.lower = lambda *a, **k: compiled.lower(*_positional(a, k))
+    return train_step
+
+
+def _positional(args: tuple, kwargs: dict) -> tuple:
+    names = ("params", "opt_state", "batch", "key", "state")
+    values = dict(zip(names, args, strict=False)) | kwargs
+    return tuple(values.get(name) for name in names)
 
 
 def make_eval_step(
@@ -108,8 +124,15 @@ def make_eval_step(
 ) -> Callable:
     """Build a jit-compiled ``eval_step(params, batch, state=None) -> logs`` in inference mode.
 
-    ``logs`` holds ``"loss"`` (when ``loss_fn`` is given) and each metric, computed on the
-    batch.
+    Args:
+      model: The model.
+      loss_fn: Optional ``loss_fn(outputs, targets) -> scalar``, reported as ``"loss"``.
+      metrics: Functions ``metric(outputs, targets) -> scalar`` reported by name.
+
+    Returns:
+      ``eval_step``; its ``logs`` hold ``"loss"`` (when ``loss_fn`` is given) and each
+      metric, computed on the batch. Steps are cached per (model, loss, metrics), so
+      calling this again does not compile again.
     """
     metrics = tuple(sorted(dict(metrics or {}).items()))
     try:
@@ -196,6 +219,15 @@ def evaluate(
 
     Each batch's values are weighted by its number of examples, so the result equals the
     metric over the whole set for means such as accuracy.
+
+    Args:
+      model: The model.
+      params: Its params.
+      data: ``(inputs, targets)`` arrays with a shared leading axis.
+      loss_fn: Optional ``loss_fn(outputs, targets) -> scalar``, reported as ``"loss"``.
+      metrics: Functions ``metric(outputs, targets) -> scalar`` reported by name.
+      batch_size: Examples per evaluation batch.
+      state: The model's state, for stateful models.
 
     Returns:
       A dict of Python floats.

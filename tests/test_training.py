@@ -184,3 +184,21 @@ def test_fit_progress_bar_and_errors(key, data, capsys):
         jnn.fit(model, params, cross_entropy, optax.sgd(0.1), (x, y), key=key, batch_size=128)
     with pytest.raises(TypeError, match=r"expected a batch \(inputs, targets\)"):
         jnn.make_train_step(model, cross_entropy, optax.sgd(0.1))(params, None, (x, y, y))
+
+
+def test_positional_and_keyword_calls_share_one_compilation(key, data):
+    x, y = data
+    traces = []
+
+    def counting_loss(logits, labels):
+        traces.append(1)
+        return cross_entropy(logits, labels)
+
+    model = jnn.MLP([4, 2])
+    params = model.init(key, x)
+    optimizer = optax.sgd(0.1)
+    opt_state = optimizer.init(params)
+    step = jnn.make_train_step(model, counting_loss, optimizer)
+    params, opt_state, _ = step(params, opt_state, (x, y), key)
+    params, opt_state, _ = step(params, opt_state, batch=(x, y), key=key)
+    assert len(traces) == 1
