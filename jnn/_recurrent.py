@@ -104,6 +104,10 @@ class _Cell(Module):
         )
         return params
 
+    def output_of(self, carry: Any) -> jax.Array:
+        """The output a step returns, read from the carry it returns (``h``)."""
+        return carry if len(self._carry_names) == 1 else carry[0]
+
     def initial_carry(self, batch_shape: int | Shape = (), dtype: Any = jnp.float32) -> Any:
         """The zero carry for inputs of batch shape ``batch_shape`` (``()`` if unbatched)."""
         zeros = jnp.zeros((*_batch_shape(batch_shape), self.features), dtype)
@@ -563,12 +567,11 @@ class RNN(Module):
 
         scan = functools.partial(jax.lax.scan, step, reverse=self.reverse, unroll=self.unroll)
         if valid is None and not self.return_sequences and xs.shape[0] > 0:
-            # The last output is then the final step's: running that step after the scan,
-            # instead of carrying every step's output through it, matches a hand-written
-            # scan's speed.
-            body, final = (xs[1:], xs[0]) if self.reverse else (xs[:-1], xs[-1])
-            (carry, _), ys = scan((carry, None), (body, None))
-            carry, last = cell(carry, final)
+            # The last output is then read from the final carry, as a hand-written scan
+            # does: carrying every step's output through the scan, or running the last
+            # step outside it, costs run time or compile time.
+            (carry, _), ys = scan((carry, None), (xs, None))
+            last = self.cell.output_of(carry)
         else:
             last = None
             if not self.return_sequences:  # the last valid output, zeros if none
