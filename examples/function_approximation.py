@@ -1,18 +1,26 @@
 """Fit a 1-D function with an MLP: the universal approximation idea, seen in a plot.
 
-A network with one or two hidden layers of smooth activations can approximate any
-continuous function on an interval. Here an MLP learns ``f(x) = sin(3x) + 0.3 x^2`` on
-[-3, 3] from 256 noisy samples, trained with mean squared error and Adam, and the script
-saves a plot of the target, the samples and the fit.
+A network with enough hidden units of a smooth activation can approximate any
+continuous function on an interval. Here an MLP with two tanh hidden layers learns
+``f(x) = sin(3x) + 0.3 x^2`` on [-3, 3] from 256 noisy samples (drawn with ``--seed``;
+noise of standard deviation 0.05), by full-batch Adam on the mean squared error, and the
+script saves a plot of the target, the samples and the fit. The test MSE is measured
+against the noiseless function on 400 evenly spaced points; the defaults reach
+3e-4 to 6e-4 (seeds 0-4, below the noise variance 2.5e-3) in a few seconds on a
+2-core CPU.
+
+Training runs inside ``jax.lax.scan``: the step from ``jnn.make_train_step(..., jit=False)``
+is a pure function, so a whole block of steps compiles into one call.
 
 Run:  python examples/function_approximation.py            (writes function_approximation.png)
-      python examples/function_approximation.py --width 8   (too narrow: a visibly worse fit)
-      python examples/function_approximation.py --smoke
+      python examples/function_approximation.py --width 4   (too few units: it misses a bump)
+      python examples/function_approximation.py --smoke --output /tmp/fit.png
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -26,48 +34,66 @@ def target(x):
     return np.sin(3 * x) + 0.3 * x**2
 
 
-def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=3000)
-    parser.add_argument("--width", type=int, default=64)
-    parser.add_argument("--learning-rate", type=float, default=3e-3)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--output", type=str, default="function_approximation.png")
-    parser.add_argument("--smoke", action="store_true", help="a few steps (CI)")
-    args = parser.parse_args(argv)
-    if args.smoke:
-        args.steps = 20
-
-    rng = np.random.default_rng(args.seed)
+def make_data(seed: int):
+    """Noisy training samples ``[256, 1]`` and a noiseless test grid ``[400, 1]``."""
+    rng = np.random.default_rng(seed)
     x_train = rng.uniform(-3, 3, (256, 1)).astype(np.float32)
     y_train = (target(x_train) + rng.normal(0, 0.05, x_train.shape)).astype(np.float32)
     x_test = np.linspace(-3, 3, 400, dtype=np.float32)[:, None]
     y_test = target(x_test).astype(np.float32)
+    return x_train, y_train, x_test, y_test
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=3000)
+    parser.add_argument("--width", type=int, default=64, help="units per hidden layer")
+    parser.add_argument("--learning-rate", type=float, default=1e-2, help="peak learning rate")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--output", type=str, default="function_approximation.png")
+    parser.add_argument("--smoke", action="store_true", help="20 steps (CI)")
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.steps = 20
+
+    x_train, y_train, x_test, y_test = make_data(args.seed)
 
     model = jnn.MLP([args.width, args.width, 1], activation=jnn.tanh)
     params = model.init(jax.random.key(args.seed), x_train)
     optimizer = optax.adam(optax.cosine_decay_schedule(args.learning_rate, args.steps))
     opt_state = optimizer.init(params)
-    step = jnn.make_train_step(model, jnn.mean_squared_error, optimizer)
+    # Not jitted on its own: it is traced once inside the scan below.
+    step = jnn.make_train_step(model, jnn.mean_squared_error, optimizer, jit=False)
 
-    # Full-batch gradient descent: all 256 samples every step.
-    for i in range(args.steps):
-        params, opt_state, logs = step(params, opt_state, (x_train, y_train))
-        if (i + 1) % 1000 == 0:
-            print(f"step {i + 1}: train MSE {float(logs['loss']):.5f}")
+    @functools.partial(jax.jit, static_argnames="length")
+    def train(params, opt_state, length):
+        def body(carry, _):
+            params, opt_state, logs = step(*carry, (x_train, y_train))
+            return (params, opt_state), logs["loss"]
+
+        (params, opt_state), losses = jax.lax.scan(body, (params, opt_state), length=length)
+        return params, opt_state, losses
+
+    # Full-batch steps in blocks of 1000 (one compiled call each), reporting in between.
+    done = 0
+    while done < args.steps:
+        length = min(1000, args.steps - done)
+        params, opt_state, losses = train(params, opt_state, length)
+        done += length
+        print(f"step {done}: train MSE {float(losses[-1]):.5f}")
 
     prediction = np.asarray(model.apply(params, jnp.asarray(x_test)))
     test_mse = float(np.mean((prediction - y_test) ** 2))
     print(f"test MSE against the noiseless function: {test_mse:.5f}")
     save_plot(x_train, y_train, x_test, y_test, prediction, args.output, args.width)
     print(f"saved {args.output}")
-    return {"test_mse": test_mse, "output": args.output}
+    return {"test_mse": test_mse, "train_mse": float(losses[-1]), "output": args.output}
 
 
 def save_plot(x_train, y_train, x_test, y_test, prediction, path, width):
     import matplotlib
 
-    matplotlib.use("Agg")
+    matplotlib.use("Agg")  # no display needed
     import matplotlib.pyplot as plt
 
     fig, axis = plt.subplots(figsize=(6, 3.5))

@@ -1,12 +1,15 @@
 """An MLP classifier on scikit-learn's handwritten digits, with the whole training loop shown.
 
 Data: ``sklearn.datasets.load_digits`` (1,797 grey 8x8 images of the digits 0-9, shipped
-with scikit-learn, no download), pixels scaled to [0, 1], split 75/25 with
-``train_test_split(..., test_size=0.25, stratify=y, random_state=0)``.
+with scikit-learn, no download), pixels scaled to [0, 1], split 75/25 into 1,347 training
+and 450 test images with ``train_test_split(..., test_size=0.25, stratify=y,
+random_state=0)``.
 
-The loop: model -> init -> optax optimizer -> jitted step from ``jnn.make_train_step`` ->
-epochs over ``jnn.batches`` with a seeded shuffle -> ``jnn.evaluate`` on the test set.
-It reaches about 98% test accuracy in a few seconds on a 2-core CPU.
+The loop: model factory -> ``init`` -> optax optimizer -> jitted step from
+``jnn.make_train_step`` -> epochs over ``jnn.batches`` with a seeded shuffle ->
+``jnn.evaluate`` on the test set. With the defaults (two hidden layers of 512, Adam with
+a cosine-decayed learning rate, 30 epochs) it reaches 97.8-98.4% test accuracy (seeds
+0-19) in a few seconds on a 2-core CPU, and exits with status 1 below 97%.
 
 Run:  python examples/mlp_digits.py
       python examples/mlp_digits.py --width 128 --depth 1 --epochs 20
@@ -31,18 +34,24 @@ TARGET = 0.97
 
 
 def load_data():
+    """Return ``x_train [1347, 64], x_test [450, 64], y_train [1347], y_test [450]``."""
     digits = load_digits()
-    x = (digits.data / 16.0).astype(np.float32)  # [1797, 64]
-    y = digits.target.astype(np.int32)  # [1797]
+    x = (digits.data / 16.0).astype(np.float32)  # pixels are integers 0..16
+    y = digits.target.astype(np.int32)
     return train_test_split(x, y, test_size=0.25, stratify=y, random_state=0)
+
+
+def build_model(width: int, depth: int) -> jnn.Module:
+    """``depth`` hidden ReLU layers of ``width`` units, then 10 logits."""
+    return jnn.MLP([width] * depth + [10])
 
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=int, default=40)
-    parser.add_argument("--width", type=int, default=256, help="units per hidden layer")
+    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--width", type=int, default=512, help="units per hidden layer")
     parser.add_argument("--depth", type=int, default=2, help="number of hidden layers")
-    parser.add_argument("--learning-rate", type=float, default=1e-3)
+    parser.add_argument("--learning-rate", type=float, default=1e-3, help="peak learning rate")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--smoke", action="store_true", help="2 epochs on 256 examples (CI)")
@@ -54,36 +63,41 @@ def main(argv=None) -> dict:
         args.epochs = 2
         x_train, y_train = x_train[:256], y_train[:256]
 
-    # 1. The model: hidden Dense layers with ReLU, then 10 logits.
-    model = jnn.MLP([args.width] * args.depth + [10])
-    key = jax.random.key(args.seed)
-    init_key, shuffle_key = jax.random.split(key)
+    # 1. The model and its parameters: a nested dict {"dense_0": {"weight", "bias"}, ...}.
+    model = build_model(args.width, args.depth)
+    init_key, shuffle_key = jax.random.split(jax.random.key(args.seed))
     params = model.init(init_key, x_train[:1])
     count = sum(p.size for p in jax.tree.leaves(params))
     print(f"model: {model}, {count:,} parameters")
 
-    # 2. The optimizer and the jit-compiled training step (it donates params/opt_state).
-    optimizer = optax.adam(args.learning_rate)
+    # 2. The optimizer and the jit-compiled training step. The step donates params and
+    #    opt_state, so always rebind both to what it returns.
+    steps_per_epoch = len(x_train) // args.batch_size
+    schedule = optax.cosine_decay_schedule(args.learning_rate, args.epochs * steps_per_epoch)
+    optimizer = optax.adam(schedule)
     opt_state = optimizer.init(params)
     loss_fn = jnn.softmax_cross_entropy_with_integer_labels
     metrics = {"accuracy": jnn.accuracy}
     step = jnn.make_train_step(model, loss_fn, optimizer, metrics=metrics)
 
-    # 3. Epochs: a new, reproducible shuffle each epoch.
+    # 3. Epochs: a new, reproducible shuffle each epoch. drop_last keeps every batch the
+    #    same shape, so the step compiles once (and no step sees a tiny remainder batch).
     for epoch in range(args.epochs):
         epoch_key = jax.random.fold_in(shuffle_key, epoch)
         losses = []
-        for batch in jnn.batches((x_train, y_train), args.batch_size, key=epoch_key):
+        for batch in jnn.batches(
+            (x_train, y_train), args.batch_size, key=epoch_key, drop_last=True
+        ):
             params, opt_state, logs = step(params, opt_state, batch)
             losses.append(logs["loss"])
-        if epoch % 10 == 9 or epoch == args.epochs - 1:
+        if (epoch + 1) % 5 == 0 or epoch in (0, args.epochs - 1):
             scores = jnn.evaluate(model, params, (x_test, y_test), loss_fn=loss_fn, metrics=metrics)
             print(
                 f"epoch {epoch + 1:3d}: train loss {float(np.mean(losses)):.4f}, "
                 f"test loss {scores['loss']:.4f}, test accuracy {scores['accuracy']:.4f}"
             )
 
-    # 4. Evaluate on the held-out test set.
+    # 4. The held-out test set, in inference mode.
     scores = jnn.evaluate(model, params, (x_test, y_test), loss_fn=loss_fn, metrics=metrics)
     seconds = time.perf_counter() - start
     print(f"test accuracy: {scores['accuracy']:.4f} (target >= {TARGET}), {seconds:.1f} s")

@@ -58,7 +58,9 @@ def make_train_step(
       metrics: Functions ``metric(outputs, targets) -> scalar`` reported by name.
       donate: Donate the buffers of ``params``, ``opt_state`` and ``state`` to the step,
         so they are updated in place; the arrays passed in must not be used afterwards.
-      jit: Compile the step with ``jax.jit`` (turn off only to debug).
+      jit: Compile the step with ``jax.jit``. Turn it off to debug, or to use the step
+        inside your own transformation (a ``jax.lax.scan`` over steps, a ``jax.vmap``
+        over a population, your own ``jax.jit``).
 
     Returns:
       The step function. ``batch`` is ``(inputs, targets)``; ``inputs`` may be a tuple
