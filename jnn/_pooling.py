@@ -8,9 +8,7 @@ None of them has parameters: ``init`` returns ``{}``.
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Sequence
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -20,60 +18,7 @@ from jnn._core import Module, Params, Shape, ShapeError, check_floating
 
 __all__ = ["MaxPool", "AvgPool", "GlobalMaxPool", "GlobalAvgPool", "Flatten", "Reshape"]
 
-Pairs = tuple[tuple[int, int], ...]
-_AXES = {1: "length", 2: "height, width", 3: "depth, height, width"}
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-
-
-def _freeze(value: Any) -> Any:
-    """Lists become tuples and NumPy ints ints, so the layer hashes (a static ``jit`` arg)."""
-    if isinstance(value, Sequence) and not isinstance(value, str):
-        return tuple(_freeze(v) for v in value)
-    return int(value) if _is_int(value) else value
-
-
-def _per_axis(layer: str, name: str, value: Any, n: int) -> Shape:
-    """``value``, a positive int or one per spatial axis, as ``n`` ints."""
-    if _is_int(value):
-        values = (value,) * n
-    elif isinstance(value, tuple) and len(value) == n and all(map(_is_int, value)):
-        values = value
-    else:
-        values = None
-    if values is None or min(values) < 1:
-        raise ValueError(
-            f"{layer}: {name} must be a positive int or {n} positive ints (one per spatial "
-            f"axis, as in window), got {value!r}."
-        )
-    return values
-
-
-def _pairs(layer: str, padding: Any, n: int) -> Pairs:
-    """Integer ``padding`` (an int, or an int or ``(low, high)`` per axis) as ``n`` pairs."""
-
-    def pair(p: Any) -> tuple[int, int] | None:
-        if _is_int(p):
-            return (p, p)
-        if isinstance(p, tuple) and len(p) == 2 and all(map(_is_int, p)):
-            return p
-        return None
-
-    pairs = None
-    if _is_int(padding):
-        pairs = (pair(padding),) * n
-    elif isinstance(padding, tuple) and len(padding) == n:
-        pairs = tuple(pair(p) for p in padding)
-    if pairs is None or None in pairs:
-        raise ValueError(
-            f"{layer}: padding must be 'VALID', 'SAME', an int, or one int or (low, high) "
-            f"pair per spatial axis ({n}), got {padding!r}."
-        )
-    if min(min(p) for p in pairs) < 0:
-        raise ValueError(f"{layer}: padding must be non-negative, got {padding!r}.")
-    return pairs
+from jnn._spatial import _AXES, Pairs, _freeze, _is_int, _pairs, _per_axis
 
 
 def _tiles(x: jax.Array, window: Shape, stride: Shape, pads: Pairs) -> jax.Array | None:
@@ -193,8 +138,12 @@ class _Pool(Module):
     def _geometry(self) -> tuple[Shape, Shape, Pairs | None]:
         """``window`` and ``stride`` per axis, and integer padding (None for SAME/VALID)."""
         name, n = type(self).__name__, self.spatial_ndim
-        window = _per_axis(name, "window", self.window, n)
-        stride = window if self.stride is None else _per_axis(name, "stride", self.stride, n)
+        window = _per_axis(name, "window", self.window, n, like="window")
+        stride = (
+            window
+            if self.stride is None
+            else _per_axis(name, "stride", self.stride, n, like="window")
+        )
         pads = None if self.padding in ("SAME", "VALID") else _pairs(name, self.padding, n)
         return window, stride, pads
 

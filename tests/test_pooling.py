@@ -285,21 +285,21 @@ def test_lenet_style_model_shapes():
 @pytest.mark.parametrize(
     "make, match",
     [
-        (lambda: MaxPool(0), r"^MaxPool: window must be a positive int or 1 positive ints"),
+        (lambda: MaxPool(0), r"^MaxPool: window must be positive, got 0\."),
         (lambda: MaxPool(()), r"^MaxPool: window must be an int \(1-D\) or a tuple with one"),
         (lambda: MaxPool("2"), r"^MaxPool: window must be an int \(1-D\) or a tuple"),
         (
             lambda: MaxPool((2, 2), stride=(1,)),
-            r"^MaxPool: stride must be a positive int or 2 positive ints \(one per spatial "
-            r"axis, as in window\), got \(1,\)\.",
+            r"^MaxPool: stride must be an int or 2 ints \(one per spatial axis, as in "
+            r"window\), got \(1,\)\.",
         ),
-        (lambda: AvgPool((2, 2), stride=0), r"^AvgPool: stride must be a positive int"),
+        (lambda: AvgPool((2, 2), stride=0), r"^AvgPool: stride must be positive, got 0\."),
         (
             lambda: MaxPool((2, 2), padding="FULL"),
-            r"^MaxPool: padding must be 'VALID', 'SAME', an int, or one int or \(low, high\) "
+            r"^MaxPool: padding must be 'SAME', 'VALID', an int, or one int or \(low, high\) "
             r"pair per spatial axis \(2\), got 'FULL'\.",
         ),
-        (lambda: MaxPool((2, 2), padding=(1, 2, 3)), r"^MaxPool: padding must be 'VALID'"),
+        (lambda: MaxPool((2, 2), padding=(1, 2, 3)), r"^MaxPool: padding must be 'SAME', 'VALID'"),
         (lambda: MaxPool(2, padding=-1), r"^MaxPool: padding must be non-negative, got -1\."),
         (
             lambda: MaxPool((3, 2), padding=((1, 1), (0, 2))),
