@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from benchmarks.harness import Runner, jax_runner
+from benchmarks.harness import Runner, equinox_train, jax_train, jnn_train, nnx_train
 
 LEARNING_RATE = 1e-3
 IMAGE = (28, 28, 1)
@@ -24,9 +24,6 @@ def _data(batch, seed=0):
 
 
 def jnn_cnn(batch: int) -> Runner:
-    import jax
-    import optax
-
     import jnn
 
     x, y = _data(batch)
@@ -42,22 +39,13 @@ def jnn_cnn(batch: int) -> Runner:
             jnn.MLP([120, 84, CLASSES]),
         ]
     )
-    params = model.init(jax.random.key(0), x)
-    optimizer = optax.adam(LEARNING_RATE)
-    step = jnn.make_train_step(model, jnn.softmax_cross_entropy_with_integer_labels, optimizer)
-
-    def call(state):
-        params, opt_state, logs = step(*state, (x, y))
-        return (params, opt_state), logs["loss"]
-
-    return jax_runner(call, (params, optimizer.init(params)), params)
+    return jnn_train(model, x, y, LEARNING_RATE)
 
 
 def jax_cnn(batch: int) -> Runner:
     """Hand-written with jax.lax: conv_general_dilated and reduce_window, as users write it."""
     import jax
     import jax.numpy as jnp
-    import optax
 
     x, y = _data(batch)
     key = jax.random.key(0)
@@ -91,29 +79,12 @@ def jax_cnn(batch: int) -> Runner:
         h = jax.nn.relu(h @ p["dense_1"]["weight"] + p["dense_1"]["bias"])
         return h @ p["dense_2"]["weight"] + p["dense_2"]["bias"]
 
-    optimizer = optax.adam(LEARNING_RATE)
-
-    def _step(params, opt_state, x, y):
-        def loss_fn(p):
-            return optax.softmax_cross_entropy_with_integer_labels(forward(p, x), y).mean()
-
-        loss, grads = jax.value_and_grad(loss_fn)(params)
-        updates, opt_state = optimizer.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, loss
-
-    step = jax.jit(_step, donate_argnums=(0, 1))
-
-    def call(state):
-        params, opt_state, loss = step(*state, x, y)
-        return (params, opt_state), loss
-
-    return jax_runner(call, (params, optimizer.init(params)), params)
+    return jax_train(forward, params, x, y, LEARNING_RATE)
 
 
 def linen_cnn(batch: int) -> Runner:
     import flax.linen as nn
     import jax
-    import optax
 
     x, y = _data(batch)
 
@@ -129,28 +100,10 @@ def linen_cnn(batch: int) -> Runner:
 
     model = LeNet()
     params = model.init(jax.random.key(0), x)["params"]
-    optimizer = optax.adam(LEARNING_RATE)
-
-    def _step(params, opt_state, x, y):
-        def loss_fn(params):
-            logits = model.apply({"params": params}, x)
-            return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-
-        loss, grads = jax.value_and_grad(loss_fn)(params)
-        updates, opt_state = optimizer.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, loss
-
-    step = jax.jit(_step, donate_argnums=(0, 1))
-
-    def call(state):
-        params, opt_state, loss = step(*state, x, y)
-        return (params, opt_state), loss
-
-    return jax_runner(call, (params, optimizer.init(params)), params)
+    return jax_train(lambda p, x: model.apply({"params": p}, x), params, x, y, LEARNING_RATE)
 
 
 def nnx_cnn(batch: int) -> Runner:
-    import optax
     from flax import nnx
 
     x, y = _data(batch)
@@ -169,29 +122,13 @@ def nnx_cnn(batch: int) -> Runner:
             h = h.reshape(h.shape[0], -1)
             return self.fc3(nnx.relu(self.fc2(nnx.relu(self.fc1(h)))))
 
-    model = LeNet(nnx.Rngs(0))
-    optimizer = nnx.Optimizer(model, optax.adam(LEARNING_RATE), wrt=nnx.Param)
-
-    @nnx.jit
-    def step(model, optimizer, x, y):
-        def loss_fn(model):
-            return optax.softmax_cross_entropy_with_integer_labels(model(x), y).mean()
-
-        loss, grads = nnx.value_and_grad(loss_fn)(model)
-        optimizer.update(model, grads)
-        return loss
-
-    def call(state):
-        return state, step(model, optimizer, x, y)
-
-    return jax_runner(call, (), nnx.state(model, nnx.Param))
+    return nnx_train(LeNet(nnx.Rngs(0)), x, y, LEARNING_RATE)
 
 
 def equinox_cnn(batch: int) -> Runner:
     """Equinox's documented style: channels-first single examples, vmap, filter_jit."""
     import equinox as eqx
     import jax
-    import optax
 
     x, y = _data(batch)
     x = np.transpose(x, (0, 3, 1, 2))  # Equinox convolutions are channels-first
@@ -212,24 +149,7 @@ def equinox_cnn(batch: int) -> Runner:
             eqx.nn.Linear(84, CLASSES, key=keys[4]),
         ]
     )
-    optimizer = optax.adam(LEARNING_RATE)
-
-    @eqx.filter_jit(donate="all")
-    def step(model, opt_state, x, y):
-        def loss_fn(model):
-            logits = jax.vmap(model)(x)
-            return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-
-        loss, grads = eqx.filter_value_and_grad(loss_fn)(model)
-        updates, opt_state = optimizer.update(grads, opt_state, eqx.filter(model, eqx.is_array))
-        return eqx.apply_updates(model, updates), opt_state, loss
-
-    def call(state):
-        model, opt_state, loss = step(*state, x, y)
-        return (model, opt_state), loss
-
-    opt_state = optimizer.init(eqx.filter(model, eqx.is_array))
-    return jax_runner(call, (model, opt_state), eqx.filter(model, eqx.is_array))
+    return equinox_train(model, x, y, LEARNING_RATE)
 
 
 def torch_cnn(batch: int) -> Runner:

@@ -107,3 +107,93 @@ def interleaved_rounds(runners: dict[str, Runner], steps: int, rounds: int) -> d
             runners[name].run(steps)
             times[name].append((time.perf_counter() - start) / steps)
     return times
+
+
+def cross_entropy(logits, labels):
+    import optax
+
+    return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+
+
+def jax_train(forward, params, x, y, learning_rate: float) -> Runner:
+    """A jitted, donating Adam step of ``forward(params, x) -> logits``: the plain-JAX way
+    (used by the hand-written reference and by Flax linen, whose params are a dict too)."""
+    import jax
+    import optax
+
+    optimizer = optax.adam(learning_rate)
+
+    def _step(params, opt_state, x, y):
+        loss, grads = jax.value_and_grad(lambda p: cross_entropy(forward(p, x), y))(params)
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, loss
+
+    step = jax.jit(_step, donate_argnums=(0, 1))
+
+    def call(state):
+        params, opt_state, loss = step(*state, x, y)
+        return (params, opt_state), loss
+
+    return jax_runner(call, (params, optimizer.init(params)), params)
+
+
+def jnn_train(model, x, y, learning_rate: float) -> Runner:
+    """jnn's own training step for ``model`` on one batch."""
+    import jax
+    import optax
+
+    import jnn
+
+    params = model.init(jax.random.key(0), x)
+    optimizer = optax.adam(learning_rate)
+    step = jnn.make_train_step(model, jnn.softmax_cross_entropy_with_integer_labels, optimizer)
+
+    def call(state):
+        params, opt_state, logs = step(*state, (x, y))
+        return (params, opt_state), logs["loss"]
+
+    return jax_runner(call, (params, optimizer.init(params)), params)
+
+
+def equinox_train(model, x, y, learning_rate: float) -> Runner:
+    """Equinox's documented step: a per-example model vmapped over the batch, filter_jit."""
+    import equinox as eqx
+    import jax
+    import optax
+
+    optimizer = optax.adam(learning_rate)
+
+    @eqx.filter_jit(donate="all")
+    def step(model, opt_state, x, y):
+        def loss_fn(model):
+            return cross_entropy(jax.vmap(model)(x), y)
+
+        loss, grads = eqx.filter_value_and_grad(loss_fn)(model)
+        updates, opt_state = optimizer.update(grads, opt_state, eqx.filter(model, eqx.is_array))
+        return eqx.apply_updates(model, updates), opt_state, loss
+
+    def call(state):
+        model, opt_state, loss = step(*state, x, y)
+        return (model, opt_state), loss
+
+    opt_state = optimizer.init(eqx.filter(model, eqx.is_array))
+    return jax_runner(call, (model, opt_state), eqx.filter(model, eqx.is_array))
+
+
+def nnx_train(model, x, y, learning_rate: float) -> Runner:
+    """Flax NNX's documented step: nnx.Optimizer updated in place under nnx.jit."""
+    import optax
+    from flax import nnx
+
+    optimizer = nnx.Optimizer(model, optax.adam(learning_rate), wrt=nnx.Param)
+
+    @nnx.jit
+    def step(model, optimizer, x, y):
+        loss, grads = nnx.value_and_grad(lambda m: cross_entropy(m(x), y))(model)
+        optimizer.update(model, grads)
+        return loss
+
+    def call(state):
+        return state, step(model, optimizer, x, y)
+
+    return jax_runner(call, (), nnx.state(model, nnx.Param))

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from benchmarks.harness import Runner, jax_runner
+from benchmarks.harness import Runner, equinox_train, jax_train, jnn_train
 
 LEARNING_RATE = 1e-3
 LENGTH, FEATURES, HIDDEN, CLASSES = 50, 32, 128, 10
@@ -22,48 +22,14 @@ def _data(batch, seed=0):
     return x, y
 
 
-def _jax_train(forward, params, x, y):
-    import jax
-    import optax
-
-    optimizer = optax.adam(LEARNING_RATE)
-
-    def _step(params, opt_state, x, y):
-        def loss_fn(p):
-            return optax.softmax_cross_entropy_with_integer_labels(forward(p, x), y).mean()
-
-        loss, grads = jax.value_and_grad(loss_fn)(params)
-        updates, opt_state = optimizer.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, loss
-
-    step = jax.jit(_step, donate_argnums=(0, 1))
-
-    def call(state):
-        params, opt_state, loss = step(*state, x, y)
-        return (params, opt_state), loss
-
-    return jax_runner(call, (params, optimizer.init(params)), params)
-
-
 def jnn_lstm(batch: int) -> Runner:
-    import jax
-    import optax
-
     import jnn
 
     x, y = _data(batch)
     model = jnn.Sequential(
         [jnn.RNN(jnn.LSTMCell(HIDDEN), return_sequences=False), jnn.Dense(CLASSES)]
     )
-    params = model.init(jax.random.key(0), x)
-    optimizer = optax.adam(LEARNING_RATE)
-    step = jnn.make_train_step(model, jnn.softmax_cross_entropy_with_integer_labels, optimizer)
-
-    def call(state):
-        params, opt_state, logs = step(*state, (x, y))
-        return (params, opt_state), logs["loss"]
-
-    return jax_runner(call, (params, optimizer.init(params)), params)
+    return jnn_train(model, x, y, LEARNING_RATE)
 
 
 def jax_lstm(batch: int) -> Runner:
@@ -97,7 +63,7 @@ def jax_lstm(batch: int) -> Runner:
         (h, _), _ = jax.lax.scan(cell, (zeros, zeros), jnp.swapaxes(x, 0, 1))
         return h @ p["head"]["weight"] + p["head"]["bias"]
 
-    return _jax_train(forward, params, x, y)
+    return jax_train(forward, params, x, y, LEARNING_RATE)
 
 
 def linen_lstm(batch: int) -> Runner:
@@ -114,7 +80,7 @@ def linen_lstm(batch: int) -> Runner:
 
     model = Classifier()
     params = model.init(jax.random.key(0), x)["params"]
-    return _jax_train(lambda p, x: model.apply({"params": p}, x), params, x, y)
+    return jax_train(lambda p, x: model.apply({"params": p}, x), params, x, y, LEARNING_RATE)
 
 
 def equinox_lstm(batch: int) -> Runner:
@@ -122,7 +88,6 @@ def equinox_lstm(batch: int) -> Runner:
     import equinox as eqx
     import jax
     import jax.numpy as jnp
-    import optax
 
     x, y = _data(batch)
 
@@ -143,25 +108,7 @@ def equinox_lstm(batch: int) -> Runner:
             (h, _), _ = jax.lax.scan(step, (zeros, zeros), xs)
             return self.head(h)
 
-    model = Classifier(jax.random.key(0))
-    optimizer = optax.adam(LEARNING_RATE)
-
-    @eqx.filter_jit(donate="all")
-    def step(model, opt_state, x, y):
-        def loss_fn(model):
-            logits = jax.vmap(model)(x)
-            return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-
-        loss, grads = eqx.filter_value_and_grad(loss_fn)(model)
-        updates, opt_state = optimizer.update(grads, opt_state, eqx.filter(model, eqx.is_array))
-        return eqx.apply_updates(model, updates), opt_state, loss
-
-    def call(state):
-        model, opt_state, loss = step(*state, x, y)
-        return (model, opt_state), loss
-
-    opt_state = optimizer.init(eqx.filter(model, eqx.is_array))
-    return jax_runner(call, (model, opt_state), eqx.filter(model, eqx.is_array))
+    return equinox_train(Classifier(jax.random.key(0)), x, y, LEARNING_RATE)
 
 
 def torch_lstm(batch: int) -> Runner:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from benchmarks.harness import Runner, jax_runner
+from benchmarks.harness import Runner, jax_train, jnn_train
 
 LEARNING_RATE = 1e-3
 LENGTH, MODEL, HEADS, HIDDEN, LAYERS, CLASSES = 64, 128, 4, 512, 2, 10
@@ -23,8 +23,6 @@ def _data(batch, seed=0):
 
 
 def jnn_transformer(batch: int) -> Runner:
-    import jax
-    import optax
 
     import jnn
 
@@ -40,22 +38,13 @@ def jnn_transformer(batch: int) -> Runner:
             jnn.Dense(CLASSES),
         ]
     )
-    params = model.init(jax.random.key(0), x)
-    optimizer = optax.adam(LEARNING_RATE)
-    step = jnn.make_train_step(model, jnn.softmax_cross_entropy_with_integer_labels, optimizer)
-
-    def call(state):
-        params, opt_state, logs = step(*state, (x, y))
-        return (params, opt_state), logs["loss"]
-
-    return jax_runner(call, (params, optimizer.init(params)), params)
+    return jnn_train(model, x, y, LEARNING_RATE)
 
 
 def jax_transformer(batch: int) -> Runner:
     """Hand-written with einsum projections and jax.nn.dot_product_attention."""
     import jax
     import jax.numpy as jnp
-    import optax
 
     x, y = _data(batch)
     head_dim = MODEL // HEADS
@@ -111,29 +100,12 @@ def jax_transformer(batch: int) -> Runner:
         h = layer_norm(p["norm"], h).mean(axis=1)
         return h @ p["head"]["weight"] + p["head"]["bias"]
 
-    optimizer = optax.adam(LEARNING_RATE)
-
-    def _step(params, opt_state, x, y):
-        def loss_fn(p):
-            return optax.softmax_cross_entropy_with_integer_labels(forward(p, x), y).mean()
-
-        loss, grads = jax.value_and_grad(loss_fn)(params)
-        updates, opt_state = optimizer.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, loss
-
-    step = jax.jit(_step, donate_argnums=(0, 1))
-
-    def call(state):
-        params, opt_state, loss = step(*state, x, y)
-        return (params, opt_state), loss
-
-    return jax_runner(call, (params, optimizer.init(params)), params)
+    return jax_train(forward, params, x, y, LEARNING_RATE)
 
 
 def linen_transformer(batch: int) -> Runner:
     import flax.linen as nn
     import jax
-    import optax
 
     x, y = _data(batch)
 
@@ -153,24 +125,7 @@ def linen_transformer(batch: int) -> Runner:
 
     model = Encoder()
     params = model.init(jax.random.key(0), x)["params"]
-    optimizer = optax.adam(LEARNING_RATE)
-
-    def _step(params, opt_state, x, y):
-        def loss_fn(params):
-            logits = model.apply({"params": params}, x)
-            return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-
-        loss, grads = jax.value_and_grad(loss_fn)(params)
-        updates, opt_state = optimizer.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, loss
-
-    step = jax.jit(_step, donate_argnums=(0, 1))
-
-    def call(state):
-        params, opt_state, loss = step(*state, x, y)
-        return (params, opt_state), loss
-
-    return jax_runner(call, (params, optimizer.init(params)), params)
+    return jax_train(lambda p, x: model.apply({"params": p}, x), params, x, y, LEARNING_RATE)
 
 
 def torch_transformer(batch: int) -> Runner:
