@@ -57,3 +57,10 @@ def test_every_example_has_a_smoke_flag_and_a_main(name):
     source = (EXAMPLES / f"{name}.py").read_text()
     assert "--smoke" in source and "def main(argv=None)" in source
     assert 'if __name__ == "__main__":' in source
+
+
+def test_rnn_timeseries_smoke(tmp_path):
+    output = tmp_path / "forecast.png"
+    result = load("rnn_timeseries").main(["--smoke", "--output", str(output)])
+    assert math.isfinite(result["lstm_mae"]) and result["naive_mae"] > 0
+    assert output.stat().st_size > 0
