@@ -32,6 +32,7 @@ from jnn._core import (
     ShapeError,
     State,
     check_floating,
+    check_positive_int,
     check_rank,
     child_key,
 )
@@ -99,6 +100,7 @@ __all__ = [
     "MissingKeyError",
     "child_key",
     "check_rank",
+    "check_positive_int",
     "check_floating",
     # layers
     "Dense",

@@ -25,10 +25,11 @@ from jnn._core import (
     ParamsError,
     ShapeError,
     check_floating,
+    check_positive_int,
     check_rank,
     child_key,
 )
-from jnn._positional import _check_positive, _concrete_int, rotary_embedding
+from jnn._positional import _concrete_int, rotary_embedding
 
 __all__ = ["MultiHeadAttention", "causal_mask", "padding_mask", "combine_masks"]
 
@@ -53,7 +54,7 @@ def causal_mask(length: int) -> jax.Array:
       >>> causal_mask(3)[0, 0].astype(int).tolist()
       [[1, 0, 0], [1, 1, 0], [1, 1, 1]]
     """
-    _check_positive("causal_mask", "length", length)
+    check_positive_int("causal_mask", "length", length)
     return jnp.tril(jnp.ones((length, length), bool))[None, None]
 
 
@@ -96,7 +97,7 @@ def padding_mask(valid: jax.typing.ArrayLike, length: int | None = None) -> jax.
     check_rank(name, valid, 1, "lengths [batch]")
     if length is None:
         raise ShapeError(name, "integer lengths need length=kv_len, the padded length.")
-    _check_positive(name, "length", length)
+    check_positive_int(name, "length", length)
     return (jnp.arange(length) < valid[:, None])[:, None, None, :]
 
 
@@ -296,10 +297,10 @@ class MultiHeadAttention(Module):
 
     def __post_init__(self):
         name = self.layer_name()
-        _check_positive(name, "num_heads", self.num_heads)
+        check_positive_int(name, "num_heads", self.num_heads)
         for field in ("features", "num_kv_heads", "head_dim"):
             if getattr(self, field) is not None:
-                _check_positive(name, field, getattr(self, field))
+                check_positive_int(name, field, getattr(self, field))
         if self.num_kv_heads is not None and self.num_heads % self.num_kv_heads:
             raise ValueError(
                 f"{name}: num_heads ({self.num_heads}) must be a multiple of num_kv_heads "
@@ -474,8 +475,8 @@ class MultiHeadAttention(Module):
                 "of shape [in_features, num_kv_heads, head_dim].",
             )
         if batch_size is not None:
-            _check_positive(name, "batch_size", batch_size)
-        _check_positive(name, "max_length", max_length)
+            check_positive_int(name, "batch_size", batch_size)
+        check_positive_int(name, "max_length", max_length)
         batch = () if batch_size is None else (batch_size,)
         shape = (*batch, max_length, *weight.shape[1:])
         dtype = weight.dtype if dtype is None else dtype

@@ -10,7 +10,16 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from jnn._core import LayerError, Module, Params, Scope, ShapeError, State, _accepted
+from jnn._core import (
+    LayerError,
+    Module,
+    Params,
+    Scope,
+    ShapeError,
+    State,
+    _accepted,
+    check_positive_int,
+)
 
 __all__ = [
     "Lambda",
@@ -297,8 +306,7 @@ class Repeat(Module):
     def __post_init__(self):
         if not isinstance(self.block, Module):
             raise TypeError(f"Repeat: block must be a jnn.Module, got {type(self.block).__name__}.")
-        if not isinstance(self.count, int) or self.count < 1:
-            raise ValueError(f"Repeat: count must be a positive int, got {self.count!r}.")
+        check_positive_int(self, "count", self.count)
 
     def init_with_state(self, key: jax.Array, x: Any, **kwargs: Any) -> tuple[Params, State]:
         def one(i):

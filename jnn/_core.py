@@ -49,6 +49,7 @@ __all__ = [
     "MissingKeyError",
     "child_key",
     "check_rank",
+    "check_positive_int",
     "check_floating",
 ]
 
@@ -169,6 +170,14 @@ def check_rank(
         )
 
 
+def check_positive_int(owner: Any, name: str, value: Any, minimum: int = 1) -> None:
+    """Raise ``ValueError`` naming ``owner`` unless ``value`` is an int of at least
+    ``minimum``, which is 1 ("a positive int", the default) or 0 ("a non-negative int")."""
+    if not isinstance(value, int | np.integer) or isinstance(value, bool) or value < minimum:
+        kind = "a positive" if minimum == 1 else "a non-negative"
+        raise ValueError(f"{_layer_name(owner)}: {name} must be {kind} int, got {value!r}.")
+
+
 def check_floating(module: Any, x: jax.Array, what: str = "input") -> None:
     """Raise ``DTypeError`` naming ``module`` unless ``x`` has a floating-point dtype."""
     dtype = jnp.result_type(x)
@@ -226,6 +235,7 @@ def _compare_trees(module: Any, what: str, actual: Any, expected: Any, inputs: A
 # --------------------------------------------------------------------------- the base class
 
 
+@functools.lru_cache(maxsize=1024)
 def _accepted(fn: Callable) -> frozenset[str]:
     """Which of ``state``, ``key``, ``is_training`` the function ``fn`` takes by name."""
     try:

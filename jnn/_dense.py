@@ -9,17 +9,19 @@ import jax
 import jax.numpy as jnp
 
 from jnn import initializers
-from jnn._core import Module, Params, Scope, ShapeError, check_floating, check_rank, child_key
+from jnn._core import (
+    Module,
+    Params,
+    Scope,
+    ShapeError,
+    check_floating,
+    check_positive_int,
+    check_rank,
+    child_key,
+)
 from jnn.activations import relu
 
 __all__ = ["Dense", "MLP"]
-
-
-def _check_features(module: Module, features: Any) -> None:
-    if not isinstance(features, int) or isinstance(features, bool) or features < 1:
-        raise ValueError(
-            f"{type(module).__name__}: features must be a positive int, got {features!r}."
-        )
 
 
 class Dense(Module):
@@ -66,7 +68,7 @@ class Dense(Module):
     param_dtype: Any = jnp.float32
 
     def __post_init__(self):
-        _check_features(self, self.features)
+        check_positive_int(self, "features", self.features)
 
     def init(self, key: jax.Array, x: jax.Array) -> Params:
         check_rank(self, x, min_rank=1)
@@ -138,7 +140,7 @@ class MLP(Module):
         if not self.features:
             raise ValueError("MLP: features must list at least one layer width.")
         for width in self.features:
-            _check_features(self, width)
+            check_positive_int(self, "features", width)
 
     def forward(self, scope: Scope, x: jax.Array) -> jax.Array:
         last = len(self.features) - 1

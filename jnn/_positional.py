@@ -22,17 +22,19 @@ import jax.numpy as jnp
 import numpy as np
 
 from jnn import initializers
-from jnn._core import Module, Params, ShapeError, check_floating, check_rank, child_key
+from jnn._core import (
+    Module,
+    Params,
+    ShapeError,
+    check_floating,
+    check_positive_int,
+    check_rank,
+    child_key,
+)
 
 __all__ = ["sinusoidal_positions", "SinusoidalPositions", "LearnedPositions", "rotary_embedding"]
 
 _SEQUENCE_RANKS = tuple(range(2, 33))
-
-
-def _check_positive(owner: str, name: str, value: Any, minimum: int = 1) -> None:
-    if not isinstance(value, int | np.integer) or isinstance(value, bool) or value < minimum:
-        kind = "a positive" if minimum == 1 else "a non-negative"
-        raise ValueError(f"{owner}: {name} must be {kind} int, got {value!r}.")
 
 
 def _check_base(owner: str, base: Any) -> None:
@@ -87,8 +89,8 @@ def sinusoidal_positions(length: int, features: int, base: float = 10000.0) -> j
       >>> table[0].tolist()   # position 0: sin 0 = 0, cos 0 = 1
       [0.0, 1.0, 0.0, 1.0, 0.0, 1.0]
     """
-    _check_positive("sinusoidal_positions", "length", length, minimum=0)
-    _check_positive("sinusoidal_positions", "features", features)
+    check_positive_int("sinusoidal_positions", "length", length, minimum=0)
+    check_positive_int("sinusoidal_positions", "features", features)
     _check_base("sinusoidal_positions", base)
     return _sinusoids(jnp.arange(length), features, base)
 
@@ -180,7 +182,7 @@ class LearnedPositions(Module):
     param_dtype: Any = jnp.float32
 
     def __post_init__(self):
-        _check_positive("LearnedPositions", "max_length", self.max_length)
+        check_positive_int("LearnedPositions", "max_length", self.max_length)
 
     def _check_length(self, x: jax.Array, offset: Any) -> None:
         check_rank(self, x, _SEQUENCE_RANKS, "input [..., length, features]")

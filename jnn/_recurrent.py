@@ -29,24 +29,13 @@ from jnn._core import (
     Shape,
     ShapeError,
     check_floating,
+    check_positive_int,
+    check_rank,
     child_key,
 )
 from jnn.activations import sigmoid, tanh
 
 __all__ = ["SimpleRNNCell", "LSTMCell", "GRUCell", "RNN", "Bidirectional"]
-
-
-def _check_positive(owner: str, name: str, value: Any) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{owner}: {name} must be a positive int, got {value!r}.")
-
-
-def _check_min_rank(owner: Any, x: Any, rank: int, what: str) -> None:
-    if jnp.ndim(x) < rank:
-        raise ShapeError(
-            owner if isinstance(owner, str) else owner.layer_name(),
-            f"expected {what} of rank at least {rank}, got shape {tuple(jnp.shape(x))}.",
-        )
 
 
 def _shapes(tree: Any) -> Any:
@@ -83,7 +72,7 @@ class _Cell(Module):
                 f"got {len(inputs)} inputs."
             )
         x = inputs[-1]
-        _check_min_rank(self, x, 1, "input [*batch, in_features]")
+        check_rank(self, x, what="input [*batch, in_features]", min_rank=1)
         check_floating(self, x)
         rows = {"input": x.shape[-1], "hidden": self.features}
         inits = {"input": self.w_init, "hidden": self.recurrent_init}
@@ -186,7 +175,7 @@ class SimpleRNNCell(_Cell):
     param_dtype: Any = jnp.float32
 
     def __post_init__(self):
-        _check_positive("SimpleRNNCell", "features", self.features)
+        check_positive_int("SimpleRNNCell", "features", self.features)
 
     def apply(self, params: Params, carry: jax.Array, x: jax.Array) -> tuple[jax.Array, jax.Array]:
         from_x, from_h = self._project(params, carry, x)
@@ -252,7 +241,7 @@ class LSTMCell(_Cell):
     _carry_names = ("h", "c")
 
     def __post_init__(self):
-        _check_positive("LSTMCell", "features", self.features)
+        check_positive_int("LSTMCell", "features", self.features)
 
     def init(self, key: jax.Array, *inputs: Any) -> Params:
         params = self._init_params(key, inputs)
@@ -328,7 +317,7 @@ class GRUCell(_Cell):
     _gates = 3
 
     def __post_init__(self):
-        _check_positive("GRUCell", "features", self.features)
+        check_positive_int("GRUCell", "features", self.features)
 
     def init(self, key: jax.Array, *inputs: Any) -> Params:
         params = self._init_params(key, inputs)
@@ -450,7 +439,7 @@ class RNN(Module):
 
     def _check(self, x: Any, initial_carry: Any, lengths: Any, mask: Any) -> None:
         layout = "[time, *batch, features]" if self.time_major else "[*batch, time, features]"
-        _check_min_rank(self, x, 2, f"input {layout}")
+        check_rank(self, x, what=f"input {layout}", min_rank=2)
         check_floating(self, x)
         shape, batch = tuple(jnp.shape(x)), self._batch_shape(x)
         if lengths is not None and mask is not None:

@@ -8,7 +8,7 @@ from typing import Any
 import jax
 
 from jnn._attention import MultiHeadAttention, causal_mask, combine_masks
-from jnn._core import Module, Params, Scope
+from jnn._core import Module, Params, Scope, check_positive_int
 from jnn._dense import MLP, Dense
 from jnn._dropout import Dropout
 from jnn._embedding import Embedding
@@ -75,9 +75,7 @@ class TransformerBlock(Module):
 
     def __post_init__(self):
         for name in ("num_heads", "mlp_features"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"TransformerBlock: {name} must be a positive int, got {value!r}.")
+            check_positive_int(self, name, getattr(self, name))
 
     def _attention(self, use_rope: bool) -> MultiHeadAttention:
         return MultiHeadAttention(
@@ -181,11 +179,10 @@ class TransformerLM(Module):
 
     def init_cache(self, params: Params, batch_size: int | None) -> dict:
         """Empty KV caches of every block, for ``max_length`` positions."""
-        caches = {
+        return {
             name: block.init_cache(params[name], batch_size, self.max_length)
             for name, block in self._blocks()
         }
-        return caches
 
     def forward(self, scope: Scope, tokens: jax.Array, *, cache: dict | None = None) -> Any:
         embed = Embedding(self.vocab_size, self.features)
