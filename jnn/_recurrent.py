@@ -7,7 +7,9 @@ A *cell* is a layer for one time step with one more method than other layers::
     new_carry, output = cell.apply(params, carry, x_t)  # x_t: [*batch, in_features]
 
 Any ``Module`` with that interface runs in ``RNN``; its ``init`` is called as
-``cell.init(key, carry, x_t)``.
+``cell.init(key, carry, x_t)``. A cell may also define ``output_of(carry)``, the output
+read back from a carry (the built-in cells do); ``RNN`` then reads the last output from
+the final carry instead of carrying it through the scan.
 """
 
 from __future__ import annotations
@@ -552,15 +554,18 @@ class RNN(Module):
                 y = jnp.where(_expand(valid_t, y), y, jnp.zeros((), y.dtype))
                 if last is not None:
                     last = jnp.where(_expand(valid_t, y), y, last)
+            elif last is not None:  # a cell without output_of: carry the latest output
+                last = y
             return (new_carry, last), (y if self.return_sequences else None)
 
         scan = functools.partial(jax.lax.scan, step, reverse=self.reverse, unroll=self.unroll)
-        if valid is None and not self.return_sequences and xs.shape[0] > 0:
+        output_of = getattr(self.cell, "output_of", None)  # optional for user cells
+        if valid is None and not self.return_sequences and xs.shape[0] > 0 and output_of:
             # The last output is then read from the final carry, as a hand-written scan
             # does: carrying every step's output through the scan, or running the last
             # step outside it, costs run time or compile time.
             (carry, _), ys = scan((carry, None), (xs, None))
-            last = self.cell.output_of(carry)
+            last = output_of(carry)
         else:
             last = None
             if not self.return_sequences:  # the last valid output, zeros if none

@@ -535,3 +535,25 @@ def test_errors_inside_bidirectional_name_the_path(key):
         match=r"RNN\(GRUCell\) at 'forward': expected lengths of shape \(2,\) .*got shape \(3,\)",
     ):
         both.apply(params, x, lengths=jnp.array([1, 2, 3]))
+
+
+def test_custom_cell_without_output_of_returns_its_last_output(key):
+    """output_of is optional: without it the last output is carried through the scan."""
+
+    class DenseCell(Module):
+        features: int
+
+        def initial_carry(self, batch_shape=(), dtype=jnp.float32):
+            return jnp.zeros((*batch_shape, self.features), dtype)
+
+        def forward(self, scope, carry, x):
+            h = scope("dense", Dense(self.features), jnp.concatenate([x, carry], -1))
+            return jnp.tanh(h), 2 * h
+
+    cell = DenseCell(3)
+    x = jax.random.normal(key, (2, 4, 2))
+    last = RNN(cell, return_sequences=False)
+    params = last.init(key, x)
+    np.testing.assert_allclose(
+        last.apply(params, x), cell_loop(cell, params, x)[1][:, -1], rtol=1e-6
+    )
