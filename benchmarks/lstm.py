@@ -1,7 +1,7 @@
 """One-layer LSTM classifier training steps (length 50, hidden 128) in each library.
 
 Architecture: LSTM(32 -> 128) over 50 steps, the last hidden state -> dense 10; softmax
-cross-entropy; Adam 1e-3. The JAX libraries use one bias per gate (82,442 parameters);
+cross-entropy; Adam 1e-3. The JAX libraries use one bias per gate (83,722 parameters);
 PyTorch's LSTM has two (input and hidden), 512 more, which costs nothing measurable.
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from benchmarks.harness import Runner, equinox_train, jax_train, jnn_train
+from benchmarks.harness import Runner, equinox_train, jax_train, jnn_train, nnx_train
 
 LEARNING_RATE = 1e-3
 LENGTH, FEATURES, HIDDEN, CLASSES = 50, 32, 128, 10
@@ -83,6 +83,26 @@ def linen_lstm(batch: int) -> Runner:
     return jax_train(lambda p, x: model.apply({"params": p}, x), params, x, y, LEARNING_RATE)
 
 
+def nnx_lstm(batch: int) -> Runner:
+    """Flax NNX as its documentation writes it: nnx.RNN over nnx.OptimizedLSTMCell (the
+    cell the docs recommend for speed at this hidden size), nnx.Optimizer and nnx.jit."""
+    from flax import nnx
+
+    x, y = _data(batch)
+
+    class Classifier(nnx.Module):
+        def __init__(self, rngs):
+            cell = nnx.OptimizedLSTMCell(FEATURES, HIDDEN, rngs=rngs)
+            self.rnn = nnx.RNN(cell, return_carry=True)
+            self.head = nnx.Linear(HIDDEN, CLASSES, rngs=rngs)
+
+        def __call__(self, x):
+            (_, h), _ = self.rnn(x)
+            return self.head(h)
+
+    return nnx_train(Classifier(nnx.Rngs(0)), x, y, LEARNING_RATE)
+
+
 def equinox_lstm(batch: int) -> Runner:
     """Equinox's documented RNN style: LSTMCell over one example with lax.scan, vmap."""
     import equinox as eqx
@@ -137,6 +157,7 @@ IMPLEMENTATIONS = {
     "jnn": jnn_lstm,
     "jax": jax_lstm,
     "flax.linen": linen_lstm,
+    "flax.nnx": nnx_lstm,
     "equinox": equinox_lstm,
     "torch": torch_lstm,
 }

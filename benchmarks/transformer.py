@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from benchmarks.harness import Runner, jax_train, jnn_train
+from benchmarks.harness import Runner, equinox_train, jax_train, jnn_train, nnx_train
 
 LEARNING_RATE = 1e-3
 LENGTH, MODEL, HEADS, HIDDEN, LAYERS, CLASSES = 64, 128, 4, 512, 2, 10
@@ -128,6 +128,98 @@ def linen_transformer(batch: int) -> Runner:
     return jax_train(lambda p, x: model.apply({"params": p}, x), params, x, y, LEARNING_RATE)
 
 
+def nnx_transformer(batch: int) -> Runner:
+    """Flax NNX as its documentation writes it: nnx.MultiHeadAttention, nnx.LayerNorm and
+    nnx.Linear modules, nnx.Optimizer and nnx.jit. nnx.gelu is tanh-approximate, like
+    jax.nn.gelu in the other versions."""
+    from flax import nnx
+
+    x, y = _data(batch)
+
+    class Block(nnx.Module):
+        def __init__(self, rngs):
+            self.norm1 = nnx.LayerNorm(MODEL, rngs=rngs)
+            self.attention = nnx.MultiHeadAttention(HEADS, MODEL, decode=False, rngs=rngs)
+            self.norm2 = nnx.LayerNorm(MODEL, rngs=rngs)
+            self.up = nnx.Linear(MODEL, HIDDEN, rngs=rngs)
+            self.down = nnx.Linear(HIDDEN, MODEL, rngs=rngs)
+
+        def __call__(self, h):
+            h = h + self.attention(self.norm1(h))
+            return h + self.down(nnx.gelu(self.up(self.norm2(h))))
+
+    class Encoder(nnx.Module):
+        def __init__(self, rngs):
+            self.blocks = nnx.List([Block(rngs) for _ in range(LAYERS)])
+            self.norm = nnx.LayerNorm(MODEL, rngs=rngs)
+            self.head = nnx.Linear(MODEL, CLASSES, rngs=rngs)
+
+        def __call__(self, h):
+            for block in self.blocks:
+                h = block(h)
+            return self.head(self.norm(h).mean(axis=1))
+
+    return nnx_train(Encoder(nnx.Rngs(0)), x, y, LEARNING_RATE)
+
+
+def equinox_transformer(batch: int) -> Runner:
+    """Equinox's documented style: a per-example ``[length, features]`` model (layer norms
+    and linears vmapped over positions, as in the Equinox BERT example), vmapped over the
+    batch by the step, filter_jit. Equinox's attention has no biases by default; they are
+    switched on to match the other versions."""
+    import equinox as eqx
+    import jax
+
+    x, y = _data(batch)
+
+    class Block(eqx.Module):
+        norm1: eqx.nn.LayerNorm
+        attention: eqx.nn.MultiheadAttention
+        norm2: eqx.nn.LayerNorm
+        up: eqx.nn.Linear
+        down: eqx.nn.Linear
+
+        def __init__(self, key):
+            k1, k2, k3 = jax.random.split(key, 3)
+            self.norm1 = eqx.nn.LayerNorm(MODEL)
+            self.attention = eqx.nn.MultiheadAttention(
+                HEADS,
+                MODEL,
+                use_query_bias=True,
+                use_key_bias=True,
+                use_value_bias=True,
+                use_output_bias=True,
+                key=k1,
+            )
+            self.norm2 = eqx.nn.LayerNorm(MODEL)
+            self.up = eqx.nn.Linear(MODEL, HIDDEN, key=k2)
+            self.down = eqx.nn.Linear(HIDDEN, MODEL, key=k3)
+
+        def __call__(self, h):
+            n = jax.vmap(self.norm1)(h)
+            h = h + self.attention(n, n, n)
+            n = jax.vmap(self.norm2)(h)
+            return h + jax.vmap(lambda t: self.down(jax.nn.gelu(self.up(t))))(n)
+
+    class Encoder(eqx.Module):
+        blocks: list[Block]
+        norm: eqx.nn.LayerNorm
+        head: eqx.nn.Linear
+
+        def __init__(self, key):
+            keys = jax.random.split(key, LAYERS + 1)
+            self.blocks = [Block(k) for k in keys[:LAYERS]]
+            self.norm = eqx.nn.LayerNorm(MODEL)
+            self.head = eqx.nn.Linear(MODEL, CLASSES, key=keys[-1])
+
+        def __call__(self, h):
+            for block in self.blocks:
+                h = block(h)
+            return self.head(jax.vmap(self.norm)(h).mean(axis=0))
+
+    return equinox_train(Encoder(jax.random.key(0)), x, y, LEARNING_RATE)
+
+
 def torch_transformer(batch: int) -> Runner:
     import torch
 
@@ -161,5 +253,7 @@ IMPLEMENTATIONS = {
     "jnn": jnn_transformer,
     "jax": jax_transformer,
     "flax.linen": linen_transformer,
+    "flax.nnx": nnx_transformer,
+    "equinox": equinox_transformer,
     "torch": torch_transformer,
 }
