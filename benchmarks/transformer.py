@@ -42,7 +42,11 @@ def jnn_transformer(batch: int) -> Runner:
 
 
 def jax_transformer(batch: int) -> Runner:
-    """Hand-written with einsum projections and jax.nn.dot_product_attention."""
+    """Hand-written in the formulation that measured fastest on a CPU: attention as two
+    einsums and a softmax (with the query scaled first), layer norm in one pass over
+    its input (squares taken before both means, which XLA then fuses into one loop;
+    shifted by each row's first element for accuracy). The first version, with
+    ``jax.nn.dot_product_attention`` and a two-pass layer norm, took 1.35x as long."""
     import jax
     import jax.numpy as jnp
 
@@ -81,18 +85,24 @@ def jax_transformer(batch: int) -> Runner:
     params = {"blocks": blocks, "norm": norm(), "head": dense(MODEL, CLASSES)}
 
     def layer_norm(p, h):
-        mean = h.mean(-1, keepdims=True)
-        var = jnp.square(h - mean).mean(-1, keepdims=True)
-        return (h - mean) * jax.lax.rsqrt(var + 1e-5) * p["scale"] + p["offset"]
+        d = h - jax.lax.stop_gradient(h[..., :1])
+        squares = jnp.square(d)
+        mean = d.mean(-1, keepdims=True)
+        var = jnp.maximum(squares.mean(-1, keepdims=True) - jnp.square(mean), 0.0)
+        return (d - mean) * jax.lax.rsqrt(var + 1e-5) * p["scale"] + p["offset"]
 
     def project(p, h):
         return jnp.einsum("bld,dhk->blhk", h, p["weight"]) + p["bias"]
 
+    def attention(q, k, v):
+        q = q / np.float32(np.sqrt(head_dim))
+        weights = jax.nn.softmax(jnp.einsum("bqhk,bshk->bhqs", q, k), axis=-1)
+        return jnp.einsum("bhqs,bshk->bqhk", weights, v)
+
     def forward(p, h):
         for b in p["blocks"]:
             n = layer_norm(b["norm1"], h)
-            q, k, v = project(b["query"], n), project(b["key"], n), project(b["value"], n)
-            a = jax.nn.dot_product_attention(q, k, v)
+            a = attention(project(b["query"], n), project(b["key"], n), project(b["value"], n))
             h = h + jnp.einsum("blhk,hkd->bld", a, b["output"]["weight"]) + b["output"]["bias"]
             n = layer_norm(b["norm2"], h)
             up = jax.nn.gelu(n @ b["up"]["weight"] + b["up"]["bias"])

@@ -513,7 +513,7 @@ def test_hyperparameter_errors():
     ):
         MultiHeadAttention(num_heads=4, dropout_rate=1.5)
     with pytest.raises(
-        ValueError, match=r"MultiHeadAttention: implementation must be None, 'xla' or 'cudnn'"
+        ValueError, match=r"MultiHeadAttention: implementation must be None, 'einsum', 'xla' or 'cudnn'"
     ):
         MultiHeadAttention(num_heads=4, implementation="flash")
 
@@ -571,3 +571,34 @@ def test_errors_name_the_path_in_a_model(key):
         ShapeError, match=r"MultiHeadAttention at 'attention': expected query with last dimension 8"
     ):
         model.apply(params, jnp.zeros((1, 3, 4)))
+
+
+@pytest.mark.parametrize("kv_heads", [1, 4])
+def test_every_implementation_gives_the_same_layer(key, kv_heads):
+    """The backend default, the einsum form and jax.nn.dot_product_attention agree, in
+    value and gradient, with a mask that hides whole rows."""
+    x = jnp.asarray(normal(0, (2, 5, 8)))
+    mask = jnp.asarray(np.random.default_rng(1).random((2, 1, 5, 5)) > 0.4).at[0, 0, 2].set(False)
+    layers = {
+        impl: MultiHeadAttention(num_heads=4, num_kv_heads=kv_heads, implementation=impl)
+        for impl in (None, "einsum", "xla")
+    }
+    params = layers[None].init(key, x)
+
+    def loss(params, layer):
+        return jnp.sum(jnp.sin(layer.apply(params, x, mask=mask)))
+
+    reference = layers["einsum"].apply(params, x, mask=mask)
+    ref_grads = jax.grad(loss)(params, layers["einsum"])
+    for impl in (None, "xla"):
+        np.testing.assert_allclose(
+            layers[impl].apply(params, x, mask=mask), reference, rtol=1e-5, atol=1e-6
+        )
+        chex.assert_trees_all_close(jax.grad(loss)(params, layers[impl]), ref_grads, atol=1e-5)
+
+
+def test_default_implementation_follows_the_backend():
+    from jnn._attention import _fused
+
+    assert _fused(None) == (jax.default_backend() != "cpu")
+    assert not _fused("einsum") and _fused("xla") and _fused("cudnn")

@@ -482,3 +482,25 @@ def test_errors_name_the_path_in_sequential(key):
         jnn.ShapeError, match=r"^GroupNorm at 'group_norm_0': expected a channel count"
     ):
         model.init(key, jnp.zeros((2, 3, 5)))
+
+
+@pytest.mark.parametrize("layer", [LayerNorm(), GroupNorm(num_groups=2)])
+def test_one_pass_statistics_survive_a_large_mean(layer):
+    """Rows far from zero with a small spread: E[x^2] - E[x]^2 would cancel to noise in
+    float32 (mean 1e4, std 0.1: the variance is 1e-10 of the mean square), the shifted
+    one-pass form does not."""
+    rng = np.random.default_rng(0)
+    x = (1e4 + 0.1 * rng.standard_normal((4, 6, 8))).astype(np.float32)
+    x[:, :, 0] += 0.5  # the shift element is not typical of its row
+    params = layer.init(jax.random.key(0), x)
+    axes = (-1,) if isinstance(layer, LayerNorm) else None
+    x64 = x.astype(np.float64)
+    if axes is None:  # two groups of 4 channels, over positions and channels
+        groups = x64.reshape(4, 6, 2, 4)
+        mean = groups.mean(axis=(1, 3), keepdims=True)
+        var = groups.var(axis=(1, 3), keepdims=True)
+        expected = ((groups - mean) / np.sqrt(var + layer.epsilon)).reshape(x.shape)
+    else:
+        mean, var = x64.mean(-1, keepdims=True), x64.var(-1, keepdims=True)
+        expected = (x64 - mean) / np.sqrt(var + layer.epsilon)
+    np.testing.assert_allclose(layer.apply(params, x), expected, atol=2e-3)
