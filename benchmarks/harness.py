@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -106,6 +107,32 @@ def interleaved_rounds(runners: dict[str, Runner], steps: int, rounds: int) -> d
             start = time.perf_counter()
             runners[name].run(steps)
             times[name].append((time.perf_counter() - start) / steps)
+    return times
+
+
+def clear_caches() -> None:
+    """Forget every compiled and traced function, so the next build starts from scratch."""
+    import jax
+
+    jax.clear_caches()
+    if "jnn" in sys.modules:
+        # jnn's record of the param shapes each layer expects (filled on a layer's first
+        # trace): without clearing it, jnn would trace faster on every build but the first.
+        from jnn import _core
+
+        _core._expected_cached.cache_clear()
+
+
+def first_call_rounds(builders: dict[str, Callable[[], Runner]], rounds: int) -> dict:
+    """Seconds of the first step (trace, compile, one run) of each implementation, each
+    built afresh ``rounds`` times in rotating order with the caches cleared before every
+    build, so that one slow build or machine drift does not decide the ratio."""
+    names = list(builders)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(rounds):
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            clear_caches()
+            times[name].append(builders[name]().first_call)
     return times
 
 

@@ -7,13 +7,17 @@ Run from the repository root::
     python -m benchmarks.run --impls jnn jax --quick
 
 Implementations run in one process, interleaved round by round so machine drift
-cancels; each figure is the median over rounds, with the min-max spread. Results go to
+cancels; each figure is the median over rounds, with the min-max spread. Step times come
+from ``--rounds`` timed blocks of steps; first-call (trace + compile + one step) times
+from ``--compile-rounds`` fresh builds of each implementation, caches cleared before
+each. Results go to
 ``benchmarks/results/<device>.json`` and ``.md``.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.util
 import json
 import os
@@ -23,7 +27,7 @@ import sys
 from pathlib import Path
 
 from benchmarks import cnn, lstm, mlp, transformer
-from benchmarks.harness import calibrate, interleaved_rounds, matmul_gflops
+from benchmarks.harness import calibrate, first_call_rounds, interleaved_rounds, matmul_gflops
 
 # name -> (module, builder keyword arguments); every builder takes ``batch``.
 WORKLOADS = {
@@ -68,11 +72,14 @@ def main(argv=None) -> dict:
     )
     parser.add_argument("--rounds", type=int, default=9)
     parser.add_argument("--block-seconds", type=float, default=0.25)
+    parser.add_argument(
+        "--compile-rounds", type=int, default=5, help="fresh builds per implementation"
+    )
     parser.add_argument("--quick", action="store_true", help="3 short rounds: checks it runs")
     parser.add_argument("--output", type=Path, default=Path(__file__).parent / "results")
     args = parser.parse_args(argv)
     if args.quick:
-        args.rounds, args.block_seconds = 3, 0.02
+        args.rounds, args.block_seconds, args.compile_rounds = 3, 0.02, 1
 
     info = machine()
     info["matmul_gflops"] = matmul_gflops()
@@ -95,6 +102,11 @@ def main(argv=None) -> dict:
         reference = "jax" if "jax" in runners else impls[0]
         steps = calibrate(runners[reference], args.block_seconds)
         times = interleaved_rounds(runners, steps, args.rounds)
+        del runners  # free their buffers before the compile rounds
+        builders = {
+            impl: functools.partial(module.IMPLEMENTATIONS[impl], **config) for impl in impls
+        }
+        firsts = first_call_rounds(builders, args.compile_rounds)
         flops = mlp_flops(batch, config["sizes"]) if module is mlp else None
         rows = {}
         for impl, ts in times.items():
@@ -103,7 +115,9 @@ def main(argv=None) -> dict:
                 "step_ms": median * 1e3,
                 "min_ms": min(ts) * 1e3,
                 "max_ms": max(ts) * 1e3,
-                "first_call_s": runners[impl].first_call,
+                "first_call_s": statistics.median(firsts[impl]),
+                "first_call_min_s": min(firsts[impl]),
+                "first_call_max_s": max(firsts[impl]),
                 "samples_per_s": batch / median,
                 "gflops": None if flops is None else flops / median / 1e9,
                 "params": counts[impl],
@@ -133,7 +147,8 @@ def table(name: str, workload: dict, peak: float) -> str:
     lines = [
         f"**{name}** (batch {workload['batch']}, {workload['steps_per_block']} steps per block)",
         "",
-        "| implementation | params | step ms (median) | min-max ms | vs jax | first call s "
+        "| implementation | params | step ms (median) | min-max ms | vs jax "
+        "| first call s (min-max) "
         "| vs jax | samples/s | GFLOP/s (% of matmul) |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
@@ -147,7 +162,7 @@ def table(name: str, workload: dict, peak: float) -> str:
             f"{r['step_ms']:.3f}",
             f"{r['min_ms']:.3f}-{r['max_ms']:.3f}",
             f"{r['ratio_vs_jax']:.3f}",
-            f"{r['first_call_s']:.2f}",
+            f"{r['first_call_s']:.2f} ({r['first_call_min_s']:.2f}-{r['first_call_max_s']:.2f})",
             f"{r['first_call_ratio_vs_jax']:.2f}",
             f"{r['samples_per_s']:,.0f}",
             rate,

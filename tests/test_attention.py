@@ -513,7 +513,8 @@ def test_hyperparameter_errors():
     ):
         MultiHeadAttention(num_heads=4, dropout_rate=1.5)
     with pytest.raises(
-        ValueError, match=r"MultiHeadAttention: implementation must be None, 'einsum', 'xla' or 'cudnn'"
+        ValueError,
+        match=r"MultiHeadAttention: implementation must be None, 'einsum', 'xla' or 'cudnn'",
     ):
         MultiHeadAttention(num_heads=4, implementation="flash")
 

@@ -7,7 +7,15 @@ import pytest
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 # design.md shows Flax and Equinox code beside jnn's; those libraries are not test deps.
-PAGES = ["index.md", "ground_up.md", "dense.md", "cnn.md", "training.md"]
+PAGES = [
+    "index.md",
+    "ground_up.md",
+    "dense.md",
+    "cnn.md",
+    "rnn.md",
+    "transformer.md",
+    "training.md",
+]
 
 
 @pytest.mark.parametrize("page", PAGES)

@@ -64,3 +64,53 @@ def test_rnn_timeseries_smoke(tmp_path):
     result = load("rnn_timeseries").main(["--smoke", "--output", str(output)])
     assert math.isfinite(result["lstm_mae"]) and result["naive_mae"] > 0
     assert output.stat().st_size > 0
+
+
+def test_text_classifier_smoke(capsys):
+    module = load("text_classifier")
+    result = module.main(["--smoke"])
+    assert 0.0 <= result["accuracy"] <= 1.0 and 0.0 <= result["baseline"] <= 1.0
+    assert len(result["languages"]) == 8
+    assert "held-out accuracy" in capsys.readouterr().out
+
+
+def test_text_classifier_data_has_one_label_per_word():
+    words, languages = load("text_classifier").load_words()
+    assert len(words) == len(languages) > 20_000
+    assert len(set(words)) == len(words)
+    assert sorted(set(languages)) == ["de", "en", "es", "fr", "it", "nl", "pt", "sv"]
+
+
+def test_text_classifier_encode_pads_and_cuts():
+    module = load("text_classifier")
+    ids = module.encode(["ab", "x" * 40, "aé"], {"a": 2, "b": 3, "x": 4})
+    assert ids.shape == (3, module.MAX_LENGTH)
+    assert ids[0].tolist() == [2, 3] + [module.PAD] * (module.MAX_LENGTH - 2)
+    assert ids[1].tolist() == [4] * module.MAX_LENGTH
+    assert ids[2, :2].tolist() == [2, module.UNKNOWN]
+
+
+def test_char_transformer_smoke(capsys):
+    result = load("char_transformer").main(["--smoke", "--prompt", "The "])
+    assert math.isfinite(result["test_bits"])
+    assert result["unigram_bits"] > result["bigram_bits"] > 0
+    assert result["sample"].startswith("The ") and len(result["sample"]) == 4 + 20
+    assert "held-out bits per character" in capsys.readouterr().out
+
+
+def test_char_transformer_cached_greedy_decoding_matches_the_full_forward_pass():
+    import jax
+    import jax.numpy as jnp
+
+    import jnn
+
+    module = load("char_transformer")
+    model = jnn.TransformerLM(vocab_size=11, num_layers=2, features=16, num_heads=2, max_length=12)
+    params = model.init(jax.random.key(0), jnp.zeros((1, 4), jnp.int32))
+    prompt = jnp.array([1, 2, 3], jnp.int32)
+    tokens = module.make_generate(model)(params, prompt, jax.random.key(1), 0.0, steps=9)
+    sequence = prompt
+    for _ in range(9):  # greedy decoding without a cache: rerun the whole sequence each time
+        logits = model.apply(params, sequence[None])[0, -1]
+        sequence = jnp.append(sequence, jnp.argmax(logits).astype(jnp.int32))
+    assert tokens.tolist() == sequence[3:].tolist()
