@@ -33,8 +33,10 @@ def jnn_lstm(batch: int) -> Runner:
 
 
 def jax_lstm(batch: int) -> Runner:
-    """Hand-written: one fused gate matmul per step inside lax.scan (the faster of the two
-    formulations on CPU; hoisting the input projection out of the scan was slower)."""
+    """Hand-written: both gate matmuls inside lax.scan, the fastest formulation we
+    measured on a CPU. Hoisting the input projection out of the scan made the step 1.6x
+    slower; ``split(x W + h U + b)`` instead of adding the split projections, with the
+    hidden one (and the bias) first, made it 1.2x slower."""
     import jax
     import jax.numpy as jnp
 
@@ -53,8 +55,9 @@ def jax_lstm(batch: int) -> Runner:
     def forward(p, x):
         def cell(carry, x_t):
             h, c = carry
-            z = x_t @ p["input"] + h @ p["hidden"] + p["bias"]
-            i, f, g, o = jnp.split(z, 4, axis=-1)
+            from_h = jnp.split(h @ p["hidden"] + p["bias"], 4, axis=-1)
+            from_x = jnp.split(x_t @ p["input"], 4, axis=-1)
+            i, f, g, o = (a + b for a, b in zip(from_h, from_x, strict=True))
             c = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
             h = jax.nn.sigmoid(o) * jnp.tanh(c)
             return (h, c), None
