@@ -337,18 +337,21 @@ def test_vmap_over_sequences_equals_batch(key):
     np.testing.assert_allclose(mapped, rnn.apply(params, x, lengths=lengths), rtol=1e-6)
 
 
+class DenseCell(Module):
+    """A user-written composite cell without output_of; its output (2h) is not its carry."""
+
+    features: int
+
+    def initial_carry(self, batch_shape=(), dtype=jnp.float32):
+        return jnp.zeros((*batch_shape, self.features), dtype)
+
+    def forward(self, scope, carry, x):
+        h = scope("dense", Dense(self.features), jnp.concatenate([x, carry], -1))
+        return jnp.tanh(h), 2 * h
+
+
 def test_custom_composite_cell(key):
     """Any layer with initial_carry and apply(params, carry, x) runs in RNN."""
-
-    class DenseCell(Module):
-        features: int
-
-        def initial_carry(self, batch_shape=(), dtype=jnp.float32):
-            return jnp.zeros((*batch_shape, self.features), dtype)
-
-        def forward(self, scope, carry, x):
-            h = scope("dense", Dense(self.features), jnp.concatenate([x, carry], -1))
-            return jnp.tanh(h), 2 * h
 
     cell = DenseCell(3)
     x = jax.random.normal(key, (2, 4, 2))
@@ -539,16 +542,6 @@ def test_errors_inside_bidirectional_name_the_path(key):
 
 def test_custom_cell_without_output_of_returns_its_last_output(key):
     """output_of is optional: without it the last output is carried through the scan."""
-
-    class DenseCell(Module):
-        features: int
-
-        def initial_carry(self, batch_shape=(), dtype=jnp.float32):
-            return jnp.zeros((*batch_shape, self.features), dtype)
-
-        def forward(self, scope, carry, x):
-            h = scope("dense", Dense(self.features), jnp.concatenate([x, carry], -1))
-            return jnp.tanh(h), 2 * h
 
     cell = DenseCell(3)
     x = jax.random.normal(key, (2, 4, 2))
