@@ -129,11 +129,21 @@ class BatchNorm(Module):
         if is_training:
             reduce = tuple(i for i in range(jnp.ndim(x)) if i != axis)
             x32 = x.astype(jnp.float32)
-            mean = jnp.mean(x32, reduce)
-            mean_of_squares = jnp.mean(jnp.square(x32), reduce)
+            # One pass over x, shifted by the first element of each channel (exact for
+            # any shift; see _standardize) so that a large mean does not cancel the
+            # variance. Across devices the shift is averaged first, so all share it.
+            first = tuple(slice(None) if i == axis else slice(0, 1) for i in range(x.ndim))
+            shift = jax.lax.stop_gradient(x32[first])
             if self.axis_name is not None:
-                mean, mean_of_squares = jax.lax.pmean((mean, mean_of_squares), self.axis_name)
-            variance = jnp.maximum(mean_of_squares - jnp.square(mean), 0.0)
+                shift = jax.lax.pmean(shift, self.axis_name)
+            d = x32 - shift
+            squares = jnp.square(d)
+            mean_d = jnp.mean(d, reduce)
+            mean_of_squares = jnp.mean(squares, reduce)
+            if self.axis_name is not None:
+                mean_d, mean_of_squares = jax.lax.pmean((mean_d, mean_of_squares), self.axis_name)
+            variance = jnp.maximum(mean_of_squares - jnp.square(mean_d), 0.0)
+            mean = mean_d + shift.reshape(-1)
             m = self.momentum
             state = {
                 "mean": m * state["mean"] + (1 - m) * mean,

@@ -504,3 +504,18 @@ def test_one_pass_statistics_survive_a_large_mean(layer):
         mean, var = x64.mean(-1, keepdims=True), x64.var(-1, keepdims=True)
         expected = (x64 - mean) / np.sqrt(var + layer.epsilon)
     np.testing.assert_allclose(layer.apply(params, x), expected, atol=2e-3)
+
+
+def test_batch_norm_statistics_survive_a_large_mean(key):
+    """The batch statistics come from one shifted pass: a large mean does not cancel."""
+    rng = np.random.default_rng(0)
+    x = (1e4 + 0.1 * rng.standard_normal((16, 5, 3))).astype(np.float32)
+    bn = jnn.BatchNorm(momentum=0.0)
+    params, state = bn.init_with_state(key, x)
+    y, state = bn.apply(params, x, state=state, is_training=True)
+    x64 = x.astype(np.float64)
+    mean, var = x64.mean(axis=(0, 1)), x64.var(axis=(0, 1))
+    np.testing.assert_allclose(state["mean"], mean, rtol=1e-6)
+    np.testing.assert_allclose(state["variance"], var, rtol=1e-2)
+    # x - mean itself is rounded at 1e-3 (float32 near 1e4), 1% of the spread.
+    np.testing.assert_allclose(y, (x64 - mean) / np.sqrt(var + bn.epsilon), atol=1e-2)
