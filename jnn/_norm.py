@@ -128,22 +128,8 @@ class BatchNorm(Module):
         shape[axis] = self._features(x)
         if is_training:
             reduce = tuple(i for i in range(jnp.ndim(x)) if i != axis)
-            x32 = x.astype(jnp.float32)
-            # One pass over x, shifted by the first element of each channel (exact for
-            # any shift; see _standardize) so that a large mean does not cancel the
-            # variance. Across devices the shift is averaged first, so all share it.
-            first = tuple(slice(None) if i == axis else slice(0, 1) for i in range(x.ndim))
-            shift = jax.lax.stop_gradient(x32[first])
-            if self.axis_name is not None:
-                shift = jax.lax.pmean(shift, self.axis_name)
-            d = x32 - shift
-            squares = jnp.square(d)
-            mean_d = jnp.mean(d, reduce)
-            mean_of_squares = jnp.mean(squares, reduce)
-            if self.axis_name is not None:
-                mean_d, mean_of_squares = jax.lax.pmean((mean_d, mean_of_squares), self.axis_name)
-            variance = jnp.maximum(mean_of_squares - jnp.square(mean_d), 0.0)
-            mean = mean_d + shift.reshape(-1)
+            _, mean, variance = _moments(x.astype(jnp.float32), reduce, self.axis_name)
+            mean, variance = mean.reshape(-1), variance.reshape(-1)
             m = self.momentum
             state = {
                 "mean": m * state["mean"] + (1 - m) * mean,
@@ -231,18 +217,33 @@ def _standardize(x: jax.Array, axes: tuple[int, ...], epsilon: float, center: bo
     h = x.astype(jnp.promote_types(x.dtype, jnp.float32))
     if not center:
         return h * jax.lax.rsqrt(jnp.mean(jnp.square(h), axes, keepdims=True) + epsilon)
-    # One pass: the mean and the mean square of d = h - shift come from one read of h.
-    # Squaring before either mean lets XLA fuse both reductions into one loop; the
-    # two-pass form (centre, then square) made a transformer training step 12-15% slower
-    # on a CPU. Shifting by each row's first element is exact for any shift and keeps
-    # E[d^2] - E[d]^2 free of cancellation when the mean is large against the spread
-    # (E[d]^2 is then at most n times the variance, for n elements per row).
+    centered, _, variance = _moments(h, axes)
+    return centered * jax.lax.rsqrt(variance + epsilon)
+
+
+def _moments(h: jax.Array, axes: tuple[int, ...], axis_name: str | None = None):
+    """``(h - mean, mean, variance)`` over ``axes`` (kept as size-1 axes), in one pass.
+
+    The mean and the mean square of ``d = h - shift`` come from one read of ``h``:
+    squaring before either mean lets XLA fuse both reductions into one loop (the
+    two-pass form, centre then square, made a transformer training step 12-15% slower
+    on a CPU). The shift, each row's first element, is exact for any value and keeps
+    ``E[d^2] - E[d]^2`` free of cancellation when the mean is large against the spread
+    (``E[d]^2`` is then at most ``n`` times the variance, for ``n`` elements). With an
+    ``axis_name`` the shift and the moments are averaged across devices.
+    """
     first = tuple(slice(0, 1) if i in axes else slice(None) for i in range(h.ndim))
-    d = h - jax.lax.stop_gradient(h[first])
+    shift = jax.lax.stop_gradient(h[first])
+    if axis_name is not None:
+        shift = jax.lax.pmean(shift, axis_name)
+    d = h - shift
     squares = jnp.square(d)
     mean = jnp.mean(d, axes, keepdims=True)
-    variance = jnp.maximum(jnp.mean(squares, axes, keepdims=True) - jnp.square(mean), 0.0)
-    return (d - mean) * jax.lax.rsqrt(variance + epsilon)
+    mean_of_squares = jnp.mean(squares, axes, keepdims=True)
+    if axis_name is not None:
+        mean, mean_of_squares = jax.lax.pmean((mean, mean_of_squares), axis_name)
+    variance = jnp.maximum(mean_of_squares - jnp.square(mean), 0.0)
+    return d - mean, mean + shift, variance
 
 
 def _scale_offset(module: Module, params: Params, h: jax.Array, axes: tuple[int, ...]):

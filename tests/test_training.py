@@ -52,25 +52,31 @@ def test_step_equals_hand_written_update_and_lowers_the_loss(key, data):
     assert float(logs["accuracy"]) > 0.9
 
 
-def test_step_compiles_once_and_donates_buffers(key, data):
-    x, y = data
+def counting_step(key, x, width):
+    """An SGD step of an MLP whose loss counts its traces: (step, traces, model, params,
+    optimizer, opt_state)."""
     traces = []
 
     def counting_loss(logits, labels):
         traces.append(1)
         return cross_entropy(logits, labels)
 
-    model = jnn.MLP([8, 2])
+    model = jnn.MLP([width, 2])
     params = model.init(key, x)
     optimizer = optax.sgd(0.1)
-    opt_state = optimizer.init(params)
     step = jnn.make_train_step(model, counting_loss, optimizer)
+    return step, traces, model, params, optimizer, optimizer.init(params)
+
+
+def test_step_compiles_once_and_donates_buffers(key, data):
+    x, y = data
+    step, traces, model, params, optimizer, opt_state = counting_step(key, x, 8)
     for batch in jnn.batches((x, y), 32):
         old = params
         params, opt_state, _ = step(params, opt_state, batch)
     assert len(traces) == 1
     assert old["dense_0"]["weight"].is_deleted()  # donated: updated in place
-    kept = jnn.make_train_step(model, counting_loss, optimizer, donate=False)
+    kept = jnn.make_train_step(model, cross_entropy, optimizer, donate=False)
     fresh = model.init(key, x)
     kept(fresh, optimizer.init(fresh), (x, y))
     assert not fresh["dense_0"]["weight"].is_deleted()
@@ -188,17 +194,7 @@ def test_fit_progress_bar_and_errors(key, data, capsys):
 
 def test_positional_and_keyword_calls_share_one_compilation(key, data):
     x, y = data
-    traces = []
-
-    def counting_loss(logits, labels):
-        traces.append(1)
-        return cross_entropy(logits, labels)
-
-    model = jnn.MLP([4, 2])
-    params = model.init(key, x)
-    optimizer = optax.sgd(0.1)
-    opt_state = optimizer.init(params)
-    step = jnn.make_train_step(model, counting_loss, optimizer)
+    step, traces, model, params, optimizer, opt_state = counting_step(key, x, 4)
     params, opt_state, _ = step(params, opt_state, (x, y), key)
     params, opt_state, _ = step(params, opt_state, batch=(x, y), key=key)
     assert len(traces) == 1
