@@ -8,7 +8,7 @@ A model is an immutable object holding hyperparameters, with ``init`` and ``appl
 
 """
 
-from jnn import activations, initializers
+from jnn import activations, extend, initializers
 from jnn._attention import MultiHeadAttention, causal_mask, combine_masks, padding_mask
 from jnn._combinators import (
     FunctionModule,
@@ -21,24 +21,10 @@ from jnn._combinators import (
     from_functions,
 )
 from jnn._conv import Conv, ConvTranspose
-from jnn._core import (
-    DTypeError,
-    LayerError,
-    MissingKeyError,
-    Module,
-    Params,
-    ParamsError,
-    Scope,
-    ShapeError,
-    State,
-    check_floating,
-    check_positive_int,
-    check_rank,
-    child_key,
-)
 from jnn._dense import MLP, Dense
 from jnn._dropout import Dropout
 from jnn._embedding import Embedding
+from jnn._errors import DTypeError, LayerError, MissingKeyError, ParamsError, ShapeError
 from jnn._losses import (
     binary_cross_entropy,
     huber,
@@ -50,6 +36,7 @@ from jnn._losses import (
     softmax_cross_entropy_with_integer_labels,
 )
 from jnn._metrics import Mean, accuracy, confusion_matrix, top_k_accuracy
+from jnn._module import Module, Params, State
 from jnn._norm import BatchNorm, GroupNorm, LayerNorm, RMSNorm
 from jnn._pooling import AvgPool, Flatten, GlobalAvgPool, GlobalMaxPool, MaxPool, Reshape
 from jnn._positional import (
@@ -60,6 +47,7 @@ from jnn._positional import (
 )
 from jnn._profile import StepProfile, profile_step
 from jnn._recurrent import RNN, Bidirectional, GRUCell, LSTMCell, SimpleRNNCell
+from jnn._scope import Scope
 from jnn._training import (
     FitResult,
     batches,
@@ -98,10 +86,7 @@ __all__ = [
     "DTypeError",
     "ParamsError",
     "MissingKeyError",
-    "child_key",
-    "check_rank",
-    "check_positive_int",
-    "check_floating",
+    "extend",
     # layers
     "Dense",
     "MLP",

@@ -17,19 +17,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from jnn import initializers
-from jnn._core import (
-    DTypeError,
-    MissingKeyError,
-    Module,
-    Params,
-    ParamsError,
-    ShapeError,
-    check_floating,
-    check_positive_int,
-    check_rank,
-    child_key,
-)
+from jnn._checks import check_floating, check_positive_int, check_rank
+from jnn._errors import DTypeError, MissingKeyError, ParamsError, ShapeError
+from jnn._module import Module, Params
 from jnn._positional import _concrete_int, rotary_embedding
+from jnn._scope import child_key
 
 __all__ = ["MultiHeadAttention", "causal_mask", "padding_mask", "combine_masks"]
 
@@ -50,7 +42,7 @@ def causal_mask(length: int) -> jax.Array:
       A boolean ``[1, 1, length, length]`` mask, ``True`` on and below the diagonal.
 
     Examples:
-      >>> from jnn._attention import causal_mask
+      >>> from jnn import causal_mask
       >>> causal_mask(3)[0, 0].astype(int).tolist()
       [[1, 0, 0], [1, 1, 0], [1, 1, 1]]
     """
@@ -75,7 +67,7 @@ def padding_mask(valid: jax.typing.ArrayLike, length: int | None = None) -> jax.
 
     Examples:
       >>> import jax.numpy as jnp
-      >>> from jnn._attention import padding_mask
+      >>> from jnn import padding_mask
       >>> padding_mask(jnp.array([1, 3]), length=3)[:, 0, 0].astype(int).tolist()
       [[1, 0, 0], [1, 1, 1]]
     """
@@ -113,7 +105,7 @@ def combine_masks(*masks: jax.typing.ArrayLike | None) -> jax.Array | None:
 
     Examples:
       >>> import jax.numpy as jnp
-      >>> from jnn._attention import causal_mask, combine_masks, padding_mask
+      >>> from jnn import causal_mask, combine_masks, padding_mask
       >>> m = combine_masks(causal_mask(3), None, padding_mask(jnp.array([2]), 3))
       >>> m.shape, m[0, 0].astype(int).tolist()
       ((1, 1, 3, 3), [[1, 0, 0], [1, 1, 0], [1, 1, 0]])
@@ -285,7 +277,7 @@ class MultiHeadAttention(Module):
 
     Examples:
       >>> import jax, jax.numpy as jnp
-      >>> from jnn._attention import MultiHeadAttention, causal_mask
+      >>> from jnn import MultiHeadAttention, causal_mask
       >>> layer = MultiHeadAttention(num_heads=4, num_kv_heads=2)
       >>> x = jnp.ones((2, 5, 16))                       # [batch, length, features]
       >>> params = layer.init(jax.random.key(0), x)

@@ -10,16 +10,10 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from jnn._core import (
-    LayerError,
-    Module,
-    Params,
-    Scope,
-    ShapeError,
-    State,
-    _accepted,
-    check_positive_int,
-)
+from jnn._checks import check_positive_int
+from jnn._errors import LayerError, ShapeError
+from jnn._module import Module, Params, State, _accepted
+from jnn._scope import Scope
 
 __all__ = [
     "Lambda",

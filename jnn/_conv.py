@@ -9,7 +9,10 @@ import jax
 import jax.numpy as jnp
 
 from jnn import initializers
-from jnn._core import Module, Params, Shape, ShapeError, check_floating, child_key
+from jnn._checks import check_floating
+from jnn._errors import ShapeError
+from jnn._module import Module, Params, Shape
+from jnn._scope import child_key
 
 __all__ = ["Conv", "ConvTranspose"]
 
@@ -192,7 +195,7 @@ class Conv(_ConvBase):
 
     Examples:
       >>> import jax, jax.numpy as jnp
-      >>> from jnn._conv import Conv
+      >>> from jnn import Conv
       >>> conv = Conv(16, kernel_size=(3, 3), stride=2)
       >>> x = jnp.zeros((8, 28, 28, 3))  # [batch, height, width, channels]
       >>> params = conv.init(jax.random.key(0), x)
@@ -301,7 +304,7 @@ class ConvTranspose(_ConvBase):
 
     Examples:
       >>> import jax, jax.numpy as jnp
-      >>> from jnn._conv import ConvTranspose
+      >>> from jnn import ConvTranspose
       >>> up = ConvTranspose(8, kernel_size=(4, 4), stride=2, padding=1)
       >>> x = jnp.zeros((2, 7, 7, 16))  # [batch, height, width, channels]
       >>> params = up.init(jax.random.key(0), x)

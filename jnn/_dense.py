@@ -9,16 +9,10 @@ import jax
 import jax.numpy as jnp
 
 from jnn import initializers
-from jnn._core import (
-    Module,
-    Params,
-    Scope,
-    ShapeError,
-    check_floating,
-    check_positive_int,
-    check_rank,
-    child_key,
-)
+from jnn._checks import check_floating, check_positive_int, check_rank
+from jnn._errors import ShapeError
+from jnn._module import Module, Params
+from jnn._scope import Scope, child_key
 from jnn.activations import relu
 
 __all__ = ["Dense", "MLP"]
@@ -37,7 +31,9 @@ class Dense(Module):
       use_bias: Whether to add a learned ``bias`` of shape ``[features]``.
       activation: Optional function applied to the output (e.g. ``jnn.relu``).
       w_init: Initializer of ``weight`` (LeCun normal by default, as in Flax).
-      b_init: Initializer of ``bias`` (zeros by default).
+      b_init: Initializer of ``bias`` (zeros by default). Both receive the layer's fan-in
+        when they take it, so ``jnn.initializers.pytorch_default()`` gives
+        ``torch.nn.Linear``'s initial distribution.
       param_dtype: Dtype of the parameters.
 
     Shapes:
@@ -73,13 +69,24 @@ class Dense(Module):
     def init(self, key: jax.Array, x: jax.Array) -> Params:
         check_rank(self, x, min_rank=1)
         check_floating(self, x)
+        fan_in = x.shape[-1]
         params = {
-            "weight": self.w_init(
-                child_key(key, "weight"), (x.shape[-1], self.features), self.param_dtype
+            "weight": initializers.initialize(
+                self.w_init,
+                child_key(key, "weight"),
+                (fan_in, self.features),
+                self.param_dtype,
+                fan_in=fan_in,
             )
         }
         if self.use_bias:
-            params["bias"] = self.b_init(child_key(key, "bias"), (self.features,), self.param_dtype)
+            params["bias"] = initializers.initialize(
+                self.b_init,
+                child_key(key, "bias"),
+                (self.features,),
+                self.param_dtype,
+                fan_in=fan_in,
+            )
         return params
 
     def check_inputs(self, params: Params, x: jax.Array) -> None:

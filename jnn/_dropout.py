@@ -5,7 +5,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from jnn._core import MissingKeyError, Module, Params
+from jnn._errors import MissingKeyError
+from jnn._module import Module, Params
 
 __all__ = ["Dropout"]
 

@@ -9,7 +9,10 @@ import jax
 import jax.numpy as jnp
 
 from jnn import initializers
-from jnn._core import DTypeError, Module, Params, ShapeError, check_floating, child_key
+from jnn._checks import check_floating
+from jnn._errors import DTypeError, ShapeError
+from jnn._module import Module, Params
+from jnn._scope import child_key
 
 __all__ = ["Embedding"]
 
@@ -65,7 +68,7 @@ class Embedding(Module):
 
     Examples:
       >>> import jax, jax.numpy as jnp
-      >>> from jnn._embedding import Embedding
+      >>> from jnn import Embedding
       >>> embed = Embedding(num_embeddings=10, features=4)
       >>> ids = jnp.array([[1, 2, 3], [4, 5, 0]])
       >>> params = embed.init(jax.random.key(0), ids)

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jnn._core import DTypeError, ShapeError
+from jnn._errors import DTypeError, ShapeError
 
 __all__ = [
     "mean_squared_error",
@@ -120,7 +120,7 @@ def mean_squared_error(
 
     Examples:
       >>> import jax.numpy as jnp
-      >>> from jnn._losses import mean_squared_error
+      >>> from jnn import mean_squared_error
       >>> float(mean_squared_error(jnp.array([1.0, 2.0]), jnp.array([1.0, 4.0])))
       2.0
     """
@@ -155,7 +155,7 @@ def mean_absolute_error(
 
     Examples:
       >>> import jax.numpy as jnp
-      >>> from jnn._losses import mean_absolute_error
+      >>> from jnn import mean_absolute_error
       >>> float(mean_absolute_error(jnp.array([1.0, 2.0]), jnp.array([0.0, 4.0])))
       1.5
     """
@@ -200,7 +200,7 @@ def huber(
 
     Examples:
       >>> import jax.numpy as jnp
-      >>> from jnn._losses import huber
+      >>> from jnn import huber
       >>> huber(jnp.array([0.5, 3.0]), jnp.zeros(2), reduction="none").tolist()
       [0.125, 2.5]
     """
@@ -246,7 +246,7 @@ def binary_cross_entropy(
 
     Examples:
       >>> import jax.numpy as jnp
-      >>> from jnn._losses import binary_cross_entropy
+      >>> from jnn import binary_cross_entropy
       >>> round(float(binary_cross_entropy(jnp.array([0.5, 0.5]), jnp.array([0, 1]))), 4)
       0.6931
     """
@@ -289,7 +289,7 @@ def sigmoid_binary_cross_entropy(
 
     Examples:
       >>> import jax.numpy as jnp
-      >>> from jnn._losses import sigmoid_binary_cross_entropy
+      >>> from jnn import sigmoid_binary_cross_entropy
       >>> round(float(sigmoid_binary_cross_entropy(jnp.zeros(2), jnp.array([0, 1]))), 4)
       0.6931
     """
@@ -334,7 +334,7 @@ def softmax_cross_entropy(
 
     Examples:
       >>> import jax.numpy as jnp
-      >>> from jnn._losses import softmax_cross_entropy
+      >>> from jnn import softmax_cross_entropy
       >>> logits = jnp.zeros((2, 4))
       >>> round(float(softmax_cross_entropy(logits, jnp.eye(4)[:2])), 4)  # log(4)
       1.3863
@@ -394,7 +394,7 @@ def softmax_cross_entropy_with_integer_labels(
 
     Examples:
       >>> import jax.numpy as jnp
-      >>> from jnn._losses import softmax_cross_entropy_with_integer_labels
+      >>> from jnn import softmax_cross_entropy_with_integer_labels
       >>> logits = jnp.array([[2.0, 0.0, 0.0], [0.0, 0.0, 0.0]])
       >>> losses = softmax_cross_entropy_with_integer_labels(
       ...     logits, jnp.array([0, 2]), reduction="none")
@@ -465,7 +465,7 @@ def kl_divergence(
 
     Examples:
       >>> import jax.numpy as jnp
-      >>> from jnn._losses import kl_divergence
+      >>> from jnn import kl_divergence
       >>> log_p = jnp.log(jnp.array([0.5, 0.5]))
       >>> round(float(kl_divergence(log_p, jnp.array([1.0, 0.0]))), 4)  # log(2)
       0.6931

@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jnn._core import DTypeError, ShapeError
+from jnn._errors import DTypeError, ShapeError
 
 __all__ = ["accuracy", "top_k_accuracy", "confusion_matrix", "Mean"]
 
@@ -74,7 +74,7 @@ def accuracy(
 
     Examples:
       >>> import jax.numpy as jnp
-      >>> from jnn._metrics import accuracy
+      >>> from jnn import accuracy
       >>> logits = jnp.array([[2.0, 1.0], [0.0, 3.0], [1.0, 0.0]])
       >>> float(accuracy(logits, jnp.array([0, 1, 1])))
       0.6666666865348816
@@ -106,7 +106,7 @@ def top_k_accuracy(
 
     Examples:
       >>> import jax.numpy as jnp
-      >>> from jnn._metrics import top_k_accuracy
+      >>> from jnn import top_k_accuracy
       >>> logits = jnp.array([[0.5, 0.3, 0.2], [0.1, 0.2, 0.7]])
       >>> float(top_k_accuracy(logits, jnp.array([1, 0]), k=2))
       0.5
@@ -161,7 +161,7 @@ def confusion_matrix(
 
     Examples:
       >>> import jax.numpy as jnp
-      >>> from jnn._metrics import confusion_matrix
+      >>> from jnn import confusion_matrix
       >>> confusion_matrix(jnp.array([0, 1, 1]), jnp.array([0, 0, 1]), num_classes=2).tolist()
       [[1, 1], [0, 1]]
     """
@@ -189,7 +189,7 @@ class Mean(NamedTuple):
 
     Examples:
       >>> import jax, jax.numpy as jnp
-      >>> from jnn._metrics import Mean
+      >>> from jnn import Mean
       >>> def step(mean, batch):
       ...     return mean.update(batch), None
       >>> batches = jnp.arange(6.0).reshape(3, 2)

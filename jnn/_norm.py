@@ -13,15 +13,9 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 
-from jnn._core import (
-    Module,
-    Params,
-    ParamsError,
-    Shape,
-    ShapeError,
-    State,
-    check_floating,
-)
+from jnn._checks import check_floating
+from jnn._errors import ParamsError, ShapeError
+from jnn._module import Module, Params, Shape, State
 
 __all__ = ["BatchNorm", "LayerNorm", "RMSNorm", "GroupNorm"]
 
@@ -328,7 +322,7 @@ class LayerNorm(_AxisNorm):
 
     Examples:
       >>> import jax, jax.numpy as jnp, jnn
-      >>> from jnn._norm import LayerNorm
+      >>> from jnn import LayerNorm
       >>> ln = LayerNorm()
       >>> x = jnp.array([[1.0, 2.0, 3.0], [0.0, 0.0, 6.0]])
       >>> params = ln.init(jax.random.key(0), x)
@@ -375,7 +369,7 @@ class RMSNorm(_AxisNorm):
 
     Examples:
       >>> import jax, jax.numpy as jnp, jnn
-      >>> from jnn._norm import RMSNorm
+      >>> from jnn import RMSNorm
       >>> rms = RMSNorm(epsilon=0.0)
       >>> x = jnp.array([[3.0, 4.0]])
       >>> params = rms.init(jax.random.key(0), x)
@@ -427,7 +421,7 @@ class GroupNorm(Module):
 
     Examples:
       >>> import jax, jax.numpy as jnp, jnn
-      >>> from jnn._norm import GroupNorm
+      >>> from jnn import GroupNorm
       >>> gn = GroupNorm(num_groups=2)
       >>> x = jnp.arange(16.0).reshape(1, 2, 2, 4)  # [batch, height, width, channels]
       >>> params = gn.init(jax.random.key(0), x)

@@ -14,7 +14,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jnn._core import Module, Params, Shape, ShapeError, check_floating
+from jnn._checks import check_floating
+from jnn._errors import ShapeError
+from jnn._module import Module, Params, Shape
 
 __all__ = ["MaxPool", "AvgPool", "GlobalMaxPool", "GlobalAvgPool", "Flatten", "Reshape"]
 
@@ -244,7 +246,7 @@ class MaxPool(_Pool):
 
     Examples:
       >>> import jax.numpy as jnp
-      >>> from jnn._pooling import MaxPool
+      >>> from jnn import MaxPool
       >>> x = jnp.arange(16.0).reshape(1, 4, 4, 1)  # [batch, height, width, channels]
       >>> MaxPool((2, 2)).apply({}, x)[0, ..., 0].tolist()
       [[5.0, 7.0], [13.0, 15.0]]
@@ -295,7 +297,7 @@ class AvgPool(_Pool):
 
     Examples:
       >>> import jax.numpy as jnp
-      >>> from jnn._pooling import AvgPool
+      >>> from jnn import AvgPool
       >>> x = jnp.array([1.0, 2.0, 3.0, 4.0, 5.0]).reshape(1, 5, 1)  # [batch, length, 1]
       >>> AvgPool(2).apply({}, x).ravel().tolist()  # VALID drops the 5
       [1.5, 3.5]
@@ -362,7 +364,7 @@ class GlobalMaxPool(_GlobalPool):
 
     Examples:
       >>> import jax.numpy as jnp
-      >>> from jnn._pooling import GlobalMaxPool
+      >>> from jnn import GlobalMaxPool
       >>> x = jnp.arange(24.0).reshape(2, 3, 2, 2)  # [batch, height, width, channels]
       >>> GlobalMaxPool().apply({}, x).tolist()
       [[10.0, 11.0], [22.0, 23.0]]
@@ -389,7 +391,7 @@ class GlobalAvgPool(_GlobalPool):
 
     Examples:
       >>> import jax.numpy as jnp
-      >>> from jnn._pooling import GlobalAvgPool
+      >>> from jnn import GlobalAvgPool
       >>> x = jnp.arange(24.0).reshape(2, 3, 2, 2)  # [batch, height, width, channels]
       >>> GlobalAvgPool().apply({}, x).tolist()
       [[5.0, 6.0], [17.0, 18.0]]
@@ -417,7 +419,7 @@ class Flatten(Module):
 
     Examples:
       >>> import jax.numpy as jnp
-      >>> from jnn._pooling import Flatten
+      >>> from jnn import Flatten
       >>> Flatten().apply({}, jnp.zeros((8, 7, 7, 16))).shape
       (8, 784)
     """
@@ -460,7 +462,7 @@ class Reshape(Module):
 
     Examples:
       >>> import jax.numpy as jnp
-      >>> from jnn._pooling import Reshape
+      >>> from jnn import Reshape
       >>> Reshape((7, 7, -1)).apply({}, jnp.zeros((8, 784))).shape
       (8, 7, 7, 16)
     """

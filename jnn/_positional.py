@@ -22,15 +22,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from jnn import initializers
-from jnn._core import (
-    Module,
-    Params,
-    ShapeError,
-    check_floating,
-    check_positive_int,
-    check_rank,
-    child_key,
-)
+from jnn._checks import check_floating, check_positive_int, check_rank
+from jnn._errors import ShapeError
+from jnn._module import Module, Params
+from jnn._scope import child_key
 
 __all__ = ["sinusoidal_positions", "SinusoidalPositions", "LearnedPositions", "rotary_embedding"]
 
@@ -82,7 +77,7 @@ def sinusoidal_positions(length: int, features: int, base: float = 10000.0) -> j
       A float32 table ``[length, features]``.
 
     Examples:
-      >>> from jnn._positional import sinusoidal_positions
+      >>> from jnn import sinusoidal_positions
       >>> table = sinusoidal_positions(4, 6)
       >>> table.shape
       (4, 6)
@@ -113,7 +108,7 @@ class SinusoidalPositions(Module):
 
     Examples:
       >>> import jax.numpy as jnp
-      >>> from jnn._positional import SinusoidalPositions, sinusoidal_positions
+      >>> from jnn import SinusoidalPositions, sinusoidal_positions
       >>> layer = SinusoidalPositions()
       >>> y = layer.apply({}, jnp.zeros((2, 5, 8)))
       >>> bool((y[1] == sinusoidal_positions(5, 8)).all())
@@ -168,7 +163,7 @@ class LearnedPositions(Module):
 
     Examples:
       >>> import jax, jax.numpy as jnp
-      >>> from jnn._positional import LearnedPositions
+      >>> from jnn import LearnedPositions
       >>> layer = LearnedPositions(max_length=16)
       >>> params = layer.init(jax.random.key(0), jnp.zeros((2, 10, 4)))
       >>> params["embedding"].shape
@@ -263,7 +258,7 @@ def rotary_embedding(
 
     Examples:
       >>> import jax.numpy as jnp
-      >>> from jnn._positional import rotary_embedding
+      >>> from jnn import rotary_embedding
       >>> q = jnp.ones((2, 5, 4, 8))        # [batch, length, heads, head_dim]
       >>> rotary_embedding(q, jnp.arange(5)).shape
       (2, 5, 4, 8)

@@ -23,18 +23,10 @@ import jax
 import jax.numpy as jnp
 
 from jnn import initializers
-from jnn._core import (
-    DTypeError,
-    Module,
-    Params,
-    Scope,
-    Shape,
-    ShapeError,
-    check_floating,
-    check_positive_int,
-    check_rank,
-    child_key,
-)
+from jnn._checks import check_floating, check_positive_int, check_rank
+from jnn._errors import DTypeError, ShapeError
+from jnn._module import Module, Params, Shape
+from jnn._scope import Scope, child_key
 from jnn.activations import sigmoid, tanh
 
 __all__ = ["SimpleRNNCell", "LSTMCell", "GRUCell", "RNN", "Bidirectional"]
@@ -161,7 +153,7 @@ class SimpleRNNCell(_Cell):
 
     Examples:
       >>> import jax, jax.numpy as jnp
-      >>> from jnn._recurrent import SimpleRNNCell
+      >>> from jnn import SimpleRNNCell
       >>> cell = SimpleRNNCell(4)
       >>> params = cell.init(jax.random.key(0), jnp.zeros((2, 3)))
       >>> h, y = cell.apply(params, cell.initial_carry((2,)), jnp.ones((2, 3)))
@@ -222,7 +214,7 @@ class LSTMCell(_Cell):
 
     Examples:
       >>> import jax, jax.numpy as jnp
-      >>> from jnn._recurrent import LSTMCell
+      >>> from jnn import LSTMCell
       >>> cell = LSTMCell(4)
       >>> params = cell.init(jax.random.key(0), jnp.zeros((2, 3)))
       >>> params["input"]["weight"].shape, params["hidden"]["weight"].shape
@@ -305,7 +297,7 @@ class GRUCell(_Cell):
 
     Examples:
       >>> import jax, jax.numpy as jnp
-      >>> from jnn._recurrent import GRUCell
+      >>> from jnn import GRUCell
       >>> cell = GRUCell(4)
       >>> params = cell.init(jax.random.key(0), jnp.zeros((3,)))
       >>> params["hidden"]["bias"].shape
@@ -395,8 +387,8 @@ class RNN(Module):
 
     Examples:
       >>> import jax, jax.numpy as jnp
-      >>> from jnn._core import Module
-      >>> from jnn._recurrent import RNN, LSTMCell
+      >>> from jnn import Module
+      >>> from jnn import RNN, LSTMCell
       >>> x = jnp.ones((2, 5, 3))                     # [batch, time, features]
       >>> lstm = RNN(LSTMCell(8))
       >>> params = lstm.init(jax.random.key(0), x)
@@ -627,7 +619,7 @@ class Bidirectional(Module):
 
     Examples:
       >>> import jax, jax.numpy as jnp
-      >>> from jnn._recurrent import RNN, Bidirectional, GRUCell
+      >>> from jnn import RNN, Bidirectional, GRUCell
       >>> both = Bidirectional(RNN(GRUCell(4)), RNN(GRUCell(6)))
       >>> x = jnp.ones((2, 5, 3))
       >>> params = both.init(jax.random.key(0), x)

@@ -6,7 +6,7 @@ import numbers
 from collections.abc import Sequence
 from typing import Any
 
-from jnn._core import Shape
+from jnn._module import Shape
 
 Pairs = tuple[tuple[int, int], ...]
 _AXES = {1: "length", 2: "height, width", 3: "depth, height, width"}

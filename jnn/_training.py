@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jnn._core import Module, Params, State
+from jnn._module import Module, Params, State
 
 __all__ = ["make_train_step", "make_eval_step", "evaluate", "batches", "fit", "FitResult"]
 

@@ -8,12 +8,14 @@ from typing import Any
 import jax
 
 from jnn._attention import MultiHeadAttention, causal_mask, combine_masks
-from jnn._core import Module, Params, Scope, check_positive_int
+from jnn._checks import check_positive_int
 from jnn._dense import MLP, Dense
 from jnn._dropout import Dropout
 from jnn._embedding import Embedding
+from jnn._module import Module, Params
 from jnn._norm import LayerNorm
 from jnn._positional import LearnedPositions
+from jnn._scope import Scope
 from jnn.activations import gelu
 
 __all__ = ["TransformerBlock", "TransformerLM"]

@@ -13,9 +13,27 @@ For a weight of shape ``[fan_in, fan_out]`` (dense) or ``[*window, in, out]`` (c
 * ``lecun_*``: variance ``1 / fan_in`` (jnn's default for ``Dense``; for SELU networks)
 * ``normal(stddev)``, ``uniform(scale)`` (on ``[0, scale)``), ``truncated_normal(stddev)``
   (cut at two standard deviations), ``constant(value)``, ``orthogonal(scale)``.
+* ``pytorch_default()``: ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))``, the scheme of
+  ``torch.nn.Linear``, ``Conv*``, ``RNN``/``LSTM``/``GRU`` for weights *and* biases.
+
+A bias cannot know its layer's fan-in from its own shape, so layers pass it: every jnn
+layer creates its parameters through ``initialize(init, key, shape, dtype, fan_in=...)``,
+which hands ``fan_in`` to initializers that take it as a keyword (``pytorch_default``
+does; ``jax.nn.initializers`` ignore it). A model ported from PyTorch starts from the same
+distribution with::
+
+    jnn.MLP([256, 10], w_init=jnn.initializers.pytorch_default(),
+            b_init=jnn.initializers.pytorch_default())
 """
 
+import inspect
+import math
+from collections.abc import Callable
+from typing import Any
+
+import jax
 import jax.nn.initializers as _init
+import jax.numpy as jnp
 
 Initializer = _init.Initializer
 
@@ -38,8 +56,70 @@ lecun_normal = _init.lecun_normal
 lecun_uniform = _init.lecun_uniform
 orthogonal = _init.orthogonal
 
+
+def _fan_in_of(shape: tuple[int, ...]) -> int:
+    """Fan-in read from a weight's shape, as ``jax.nn.initializers`` read it: ``in`` is the
+    second-to-last axis, and leading axes form the receptive field."""
+    if len(shape) < 2:
+        raise ValueError(
+            f"pytorch_default: cannot read the fan-in from shape {shape}; a layer passes it "
+            "as initialize(init, key, shape, dtype, fan_in=...)."
+        )
+    return int(shape[-2] * math.prod(shape[:-2]))
+
+
+def pytorch_default() -> Callable:
+    """``U(-1/sqrt(fan_in), 1/sqrt(fan_in))``: PyTorch's default for ``Linear``, ``Conv*``
+    and recurrent layers, for weights and biases alike.
+
+    The returned initializer takes ``fan_in`` as a keyword (jnn layers pass their own:
+    input features for ``Dense``, ``in_channels/groups * prod(kernel)`` for ``Conv``,
+    ``hidden_size`` for recurrent cells, as PyTorch does); without it, the fan-in is read
+    from the shape.
+
+    Example:
+      >>> import jax, jnn
+      >>> init = jnn.initializers.pytorch_default()
+      >>> bias = init(jax.random.key(0), (1000,), fan_in=16)
+      >>> bool(abs(bias).max() <= 0.25)
+      True
+    """
+
+    def init(key: jax.Array, shape, dtype: Any = jnp.float32, *, fan_in: int | None = None):
+        shape = tuple(shape)
+        bound = 1.0 / math.sqrt(fan_in if fan_in is not None else _fan_in_of(shape))
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+    return init
+
+
+def _takes_fan_in(init: Callable) -> bool:
+    try:
+        parameters = inspect.signature(init).parameters
+    except (TypeError, ValueError):
+        return False
+    return "fan_in" in parameters or any(
+        p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()
+    )
+
+
+def initialize(
+    init: Callable, key: jax.Array, shape, dtype: Any, *, fan_in: int | None = None
+) -> jax.Array:
+    """``init(key, shape, dtype)``, with ``fan_in=`` added when ``init`` takes it.
+
+    Layers call this for every parameter so that initializers which need the layer's
+    fan-in (a bias has none of its own) receive it.
+    """
+    if fan_in is not None and _takes_fan_in(init):
+        return init(key, shape, dtype, fan_in=fan_in)
+    return init(key, shape, dtype)
+
+
 __all__ = [
     "Initializer",
+    "initialize",
+    "pytorch_default",
     "zeros",
     "ones",
     "constant",

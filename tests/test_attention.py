@@ -8,16 +8,19 @@ import numpy as np
 import pytest
 from conftest import TRANSFORMS, check_gradients
 
-from jnn._attention import (
+from jnn import (
+    DTypeError,
+    MissingKeyError,
+    Module,
     MultiHeadAttention,
-    _attend_explicit,
-    _attend_fused,
+    ParamsError,
+    Sequential,
+    ShapeError,
     causal_mask,
     combine_masks,
     padding_mask,
 )
-from jnn._combinators import Sequential
-from jnn._core import DTypeError, MissingKeyError, Module, ParamsError, ShapeError
+from jnn._attention import _attend_explicit, _attend_fused
 
 # --------------------------------------------------------------------------- references
 

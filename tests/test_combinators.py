@@ -103,7 +103,7 @@ def test_parallel_errors(key, x):
 def test_lambda_layer_names_and_errors(x):
     assert jnn.Lambda(jnn.relu).layer_name() == "Lambda(relu)"
     np.testing.assert_allclose(jnn.Lambda(lambda v: 2 * v).apply({}, x), 2 * x)
-    with pytest.raises(TypeError, match=r"Lambda: fn must be callable"):
+    with pytest.raises(TypeError, match=r"Lambda: fn must be a function"):
         jnn.Lambda(3)
     with pytest.raises(TypeError, match=r"Sequential: expected a jnn.Module or a function"):
         jnn.Sequential([jnn.Dense(2), 3])

@@ -10,7 +10,7 @@ import pytest
 from conftest import TRANSFORMS, check_gradients
 
 import jnn
-from jnn._conv import Conv, ConvTranspose
+from jnn import Conv, ConvTranspose
 
 # --------------------------------------------------------------------------- references
 

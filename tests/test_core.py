@@ -1,6 +1,7 @@
 """The model contract: init/apply purity, keys by name, state, transforms, errors."""
 
 import dataclasses
+import inspect
 import time
 
 import chex
@@ -193,12 +194,12 @@ def test_child_keys_come_from_names(key, x_small):
     model = jnn.Sequential({"a": Noise(), "b": Noise()})
     x = jnp.zeros((2, 3))
     y = model.apply({}, x, key=key, is_training=True)
-    expected = jax.random.normal(jnn.child_key(key, "a"), x.shape)
-    expected = expected + jax.random.normal(jnn.child_key(key, "b"), x.shape)
+    expected = jax.random.normal(jnn.extend.child_key(key, "a"), x.shape)
+    expected = expected + jax.random.normal(jnn.extend.child_key(key, "b"), x.shape)
     np.testing.assert_allclose(y, expected, rtol=1e-6)
     # Inserting another layer keeps the noise of "b" (checked alone) unchanged.
     only_b = jnn.Sequential({"b": Noise()}).apply({}, x, key=key, is_training=True)
-    np.testing.assert_allclose(only_b, jax.random.normal(jnn.child_key(key, "b"), x.shape))
+    np.testing.assert_allclose(only_b, jax.random.normal(jnn.extend.child_key(key, "b"), x.shape))
 
 
 def test_is_training_must_be_a_python_bool(key, x_small):
@@ -417,3 +418,145 @@ def test_apply_keywords_need_not_be_accepted_by_init(key, x_small):
     params = Masked().init(key, x_small)
     out = Masked().apply(params, x_small, mask=jnp.zeros_like(x_small))
     np.testing.assert_array_equal(out, np.zeros_like(x_small))
+
+
+# --------------------------------------------------------------------------- hardened contract
+
+
+class CountingLeaf(jnn.Module):
+    """A one-weight leaf that records each init call: True when abstract (under a trace)."""
+
+    calls: list
+
+    def __hash__(self):
+        return id(self)
+
+    def init(self, key, x):
+        self.calls.append(isinstance(key, jax.core.Tracer))
+        return {"weight": jax.random.normal(key, x.shape[-1:])}
+
+    def apply(self, params, x):
+        return x * params["weight"]
+
+
+@pytest.mark.parametrize("depth", [1, 4, 8])
+def test_init_calls_each_leaf_once_abstractly_and_once_concretely(key, x_small, depth):
+    calls = []
+    model = CountingLeaf(calls)
+    for _ in range(depth):
+        model = jnn.Sequential([model])
+    params = model.init(key, x_small)
+    assert sorted(calls) == [False, True]  # at any depth
+    leaf = params
+    for _ in range(depth):
+        (leaf,) = leaf.values()
+    np.testing.assert_allclose(model.apply(params, x_small), x_small * leaf["weight"])
+
+
+def test_init_of_a_transformer_calls_each_dense_init_twice(key, monkeypatch):
+    calls = []
+    original = jnn.Dense._raw_init
+
+    def counting(self, key, *args, **kwargs):
+        calls.append(isinstance(key, jax.core.Tracer))
+        return original(self, key, *args, **kwargs)
+
+    monkeypatch.setattr(jnn.Dense, "_raw_init", counting)
+    model = jnn.TransformerLM(vocab_size=11, features=8, num_layers=4, num_heads=2)
+    params = model.init(key, jnp.zeros((2, 5), jnp.int32))
+    flat = jax.tree_util.tree_flatten_with_path(params)[0]
+    weights = [leaf for path, leaf in flat if path[-1].key == "weight" and leaf.ndim == 2]
+    assert calls.count(False) == calls.count(True) == len(weights)
+
+
+class MaskedInner(jnn.Module):
+    def forward(self, scope, x, *, mask=None):
+        return scope("masked", Masked(), x, mask=mask)
+
+
+class MaskedOuter(jnn.Module):
+    def forward(self, scope, x, *, mask=None):
+        return scope("inner", MaskedInner(), x, mask=mask)
+
+
+def test_apply_keywords_reach_init_only_if_it_names_them_at_every_depth(key, x_small):
+    mask = (x_small > 0).astype(x_small.dtype)
+    assert Masked().init(key, x_small, mask=mask)["w"].shape == (3,)
+    params = MaskedOuter().init(key, x_small, mask=mask)
+    assert params["inner"]["masked"]["w"].shape == (3,)
+    np.testing.assert_allclose(MaskedOuter().apply(params, x_small, mask=mask), x_small * mask)
+
+
+def test_signatures_are_the_real_ones():
+    apply = inspect.signature(jnn.RNN.apply).parameters
+    assert {"params", "x", "lengths", "mask", "initial_carry", "state", "key"} <= set(apply)
+    assert "inputs" not in apply and "kwargs" not in apply
+    assert list(inspect.signature(jnn.Dense.init).parameters) == ["self", "key", "x"]
+    assert list(inspect.signature(jnn.MLP.apply).parameters)[:3] == ["self", "params", "x"]
+    assert "mask" in inspect.signature(MaskedOuter.init).parameters
+    assert list(inspect.signature(jnn.Dense).parameters)[0] == "features"
+
+
+def test_call_mistakes_name_the_right_call(key, x_small):
+    dense = jnn.Dense(2)
+    params = dense.init(key, x_small)
+    with pytest.raises(TypeError, match=r"Dense.apply\(params, x, \*.*flags go by keyword"):
+        dense.apply(params, x_small, True)
+    with pytest.raises(TypeError, match=r"'training' is spelled is_training"):
+        dense.apply(params, x_small, training=True)
+    with pytest.raises(TypeError, match=r"Sequential.apply.*'train' is spelled is_training"):
+        jnn.Sequential([dense]).apply({"dense_0": params}, x_small, train=True)
+    with pytest.raises(TypeError, match=r"init needs sample inputs after the key"):
+        dense.init(key)
+    cell = jnn.LSTMCell(4)
+    cell_params = cell.init(key, cell.initial_carry((4,)), x_small)
+    with pytest.raises(TypeError, match=r"LSTMCell.apply.*initial_carry"):
+        cell.apply(cell_params, x_small)
+    with pytest.raises(jnn.DTypeError, match=r"Dense: apply expected arrays.*Python list"):
+        dense.apply(params, x_small.tolist())
+
+
+def test_calling_a_model_says_how_to_run_it(x_small):
+    with pytest.raises(TypeError, match=r"Dense is not called directly.*model.apply\(params, x\)"):
+        jnn.Dense(2)(x_small)
+
+
+def test_params_loaded_as_lists_are_named(key, x_small):
+    model = jnn.MLP([4, 2])
+    params = model.init(key, x_small)
+    as_lists = jax.tree.map(lambda a: np.asarray(a).tolist(), params)
+    with pytest.raises(jnn.ParamsError, match=r"'dense_0'.*params 'bias' is a list.*jnp.asarray"):
+        model.apply(as_lists, x_small)
+
+
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (lambda: jnn.MLP(10), r"MLP: features must be .*got 10 \(int\).*\[10\]"),
+        (
+            lambda: jnn.Sequential(jnn.Dense(8), jnn.Dense(2)),
+            r"Sequential: names must be.*one list",
+        ),
+        (
+            lambda: jnn.Dense(3, activation="relu"),
+            r"Dense: activation must be a function.*jnn.relu",
+        ),
+        (lambda: jnn.Dropout("0.5"), r"Dropout: rate must be a float.*not a string"),
+        (
+            lambda: jnn.TransformerLM(11, num_layers=2.5, features=8, num_heads=2),
+            r"num_layers must be an int",
+        ),
+        (lambda: jnn.Sequential([jnn.Dense]), r"create the layer, e.g. Dense\(...\)"),
+        (lambda: jnn.Dense(True), r"Dense: features must be an int, got True"),
+        (lambda: jnn.Dense(3, 4, 5, 6, 7, 8, 9), r"Dense\(features.*too many positional"),
+    ],
+)
+def test_bad_hyperparameters_fail_at_construction(make, message):
+    with pytest.raises(TypeError, match=message):
+        make()
+
+
+def test_numpy_ints_are_accepted_as_ints(key, x_small):
+    dense = jnn.Dense(np.int64(3))
+    assert dense == jnn.Dense(3) and type(dense.features) is int
+    assert dense.init(key, x_small)["weight"].shape == (3, 3)

@@ -9,11 +9,7 @@ import numpy as np
 import pytest
 from conftest import TRANSFORMS, check_gradients
 
-from jnn import initializers
-from jnn._core import DTypeError, Module, ShapeError
-from jnn._dense import Dense
-from jnn._embedding import Embedding
-from jnn._recurrent import RNN, GRUCell
+from jnn import RNN, Dense, DTypeError, Embedding, GRUCell, Module, ShapeError, initializers
 
 
 def arange_params(num_embeddings=5, features=3):

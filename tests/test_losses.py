@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from conftest import TRANSFORMS, check_gradients
 
-from jnn._losses import (
+from jnn import (
     binary_cross_entropy,
     huber,
     kl_divergence,

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from conftest import TRANSFORMS
 
-from jnn._metrics import Mean, accuracy, confusion_matrix, top_k_accuracy
+from jnn import Mean, accuracy, confusion_matrix, top_k_accuracy
 
 NUM_CLASSES = 4
 

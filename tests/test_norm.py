@@ -11,7 +11,7 @@ from conftest import TRANSFORMS, check_gradients
 from jax.test_util import check_grads
 
 import jnn
-from jnn._norm import GroupNorm, LayerNorm, RMSNorm
+from jnn import GroupNorm, LayerNorm, RMSNorm
 
 
 @pytest.fixture

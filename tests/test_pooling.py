@@ -10,16 +10,8 @@ import pytest
 from conftest import TRANSFORMS, check_gradients
 
 import jnn
-from jnn._pooling import (
-    AvgPool,
-    Flatten,
-    GlobalAvgPool,
-    GlobalMaxPool,
-    MaxPool,
-    Reshape,
-    _avg_pool,
-    _max_pool,
-)
+from jnn import AvgPool, Flatten, GlobalAvgPool, GlobalMaxPool, MaxPool, Reshape
+from jnn._pooling import _avg_pool, _max_pool
 
 
 def same_pads(spatial, window, stride):

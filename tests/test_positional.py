@@ -7,12 +7,13 @@ import numpy as np
 import pytest
 from conftest import TRANSFORMS, check_gradients
 
-from jnn import initializers
-from jnn._combinators import Sequential
-from jnn._core import DTypeError, ShapeError
-from jnn._positional import (
+from jnn import (
+    DTypeError,
     LearnedPositions,
+    Sequential,
+    ShapeError,
     SinusoidalPositions,
+    initializers,
     rotary_embedding,
     sinusoidal_positions,
 )

@@ -9,11 +9,19 @@ import numpy as np
 import pytest
 from conftest import TRANSFORMS, check_gradients
 
-from jnn._combinators import Sequential
-from jnn._core import DTypeError, Module, ShapeError
-from jnn._dense import Dense
-from jnn._dropout import Dropout
-from jnn._recurrent import RNN, Bidirectional, GRUCell, LSTMCell, SimpleRNNCell
+from jnn import (
+    RNN,
+    Bidirectional,
+    Dense,
+    Dropout,
+    DTypeError,
+    GRUCell,
+    LSTMCell,
+    Module,
+    Sequential,
+    ShapeError,
+    SimpleRNNCell,
+)
 
 CELLS = [
     pytest.param(lambda: SimpleRNNCell(4), id="simple"),
