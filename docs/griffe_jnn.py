@@ -5,8 +5,9 @@
   documented argument would warn). This synthesises ``__init__`` from the annotated fields,
   in definition order, parents first, as ``dataclasses`` does.
 * The docstrings keep reST's ``.. math::``, ``:math:`` and literal ``::`` blocks (they
-  double as Sphinx and doctest sources). Markdown has none of them, and the site loads no
-  MathJax, so blocks become fenced code and the role becomes inline code. A singular
+  double as Sphinx and doctest sources). Markdown has none of them: a math block becomes
+  ``$$ ... $$`` and the role ``$...$``, which ``pymdownx.arithmatex`` keeps intact for
+  KaTeX (``docs/js/math.js``) to typeset; a literal block becomes fenced code. A singular
   ``Example:`` section (the house style's spelling) is read as ``Examples:``.
 """
 
@@ -17,7 +18,7 @@ from typing import Any
 
 import griffe
 
-_MODULE = "jnn._core.Module"
+_MODULE = "jnn._module.Module"
 
 
 def _is_layer(cls: griffe.Class) -> bool:
@@ -83,14 +84,23 @@ def _fence(lines: list[str], start: int, indent: int, first: str, lang: str) -> 
 
 
 _MATH = re.compile(r"^(\s*)\.\. math::\s*(.*)$")
-_MATH_ROLE = re.compile(r":math:`([^`]*)`")
+_MATH_ROLE = re.compile(r":math:`\s*([^`]*?)\s*`")
 _EXAMPLE = re.compile(r"^(\s*)Example:[ \t]*$", re.M)
+
+
+def _math_block(lines: list[str], start: int, indent: int, first: str) -> tuple[list, int]:
+    """Gather a ``.. math::`` block (its first line may follow the directive) as ``$$``."""
+    fence, i = _fence(lines, start, indent, first, "")
+    pad = " " * indent
+    # A blank line would end the Markdown block (and is a paragraph break in TeX).
+    body = [line for line in fence[2:-2] if line.strip()]
+    return ["", f"{pad}$$", *body, f"{pad}$$", ""], i
 
 
 def _markdown(doc: str) -> str:
     # griffe reads only the plural as an examples section (with ``>>>`` blocks as code).
     doc = _EXAMPLE.sub(r"\1Examples:", doc)
-    doc = _MATH_ROLE.sub(r"`\1`", doc)
+    doc = _MATH_ROLE.sub(r"$\1$", doc)
     lines = doc.splitlines()
     out: list[str] = []
     i = 0
@@ -98,7 +108,7 @@ def _markdown(doc: str) -> str:
         line = lines[i]
         math = _MATH.match(line)
         if math:
-            block, i = _fence(lines, i + 1, len(math.group(1)), math.group(2), "latex")
+            block, i = _math_block(lines, i + 1, len(math.group(1)), math.group(2))
             out += block
             continue
         if line.rstrip().endswith("::") and not line.lstrip().startswith(".."):
