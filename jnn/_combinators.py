@@ -246,6 +246,8 @@ class Parallel(Module):
 
     def __post_init__(self):
         layers, names = _named_layers("Parallel", self.branches)
+        if not layers:
+            raise ValueError("Parallel: branches must hold at least one layer, got none.")
         object.__setattr__(self, "branches", tuple(zip(names, layers, strict=True)))
         if not callable(self.merge) and self.merge not in _MERGES:
             raise ValueError(

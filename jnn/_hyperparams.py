@@ -136,6 +136,18 @@ def _hint(value: Any, tp: Any) -> str:
     return ""
 
 
+def _is_factory(value: Any) -> bool:
+    """A ``jax.nn.initializers`` factory (``he_normal``) given where an initializer
+    (``he_normal()``) belongs: it takes no ``key`` and can be called with no argument."""
+    try:
+        parameters = inspect.signature(value).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return all(p.name != "key" for p in parameters) and all(
+        p.default is not p.empty or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) for p in parameters
+    )
+
+
 def _normalise(value: Any, tp: Any) -> Any:
     """NumPy scalars become Python ones, so they hash, print and compare as users expect."""
     if isinstance(value, np.integer) and not isinstance(value, bool):
@@ -180,6 +192,12 @@ def install_validation(cls: type) -> None:
                     raise TypeError(
                         f"{cls.__name__}: {name} must be {_describe(tp)}, got {value!r} "
                         f"({type(value).__name__}).{_hint(value, tp)}"
+                    )
+                if name.endswith("_init") and callable(value) and _is_factory(value):
+                    fn = getattr(value, "__name__", "initializer")
+                    raise TypeError(
+                        f"{cls.__name__}: {name} got the initializer factory {fn}; call it "
+                        f"to make the initializer, e.g. {name}=jnn.initializers.{fn}()."
                     )
                 bound.arguments[name] = _normalise(value, tp)
             args, kwargs = bound.args[1:], bound.kwargs

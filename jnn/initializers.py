@@ -112,8 +112,18 @@ def initialize(
     fan-in (a bias has none of its own) receive it.
     """
     if fan_in is not None and _takes_fan_in(init):
-        return init(key, shape, dtype, fan_in=fan_in)
-    return init(key, shape, dtype)
+        value = init(key, shape, dtype, fan_in=fan_in)
+    else:
+        value = init(key, shape, dtype)
+    if tuple(getattr(value, "shape", ())) != tuple(shape) or not hasattr(value, "dtype"):
+        name = getattr(init, "__name__", type(init).__name__)
+        got = f"shape {value.shape}" if hasattr(value, "shape") else type(value).__name__
+        raise TypeError(
+            f"initializer {name} returned {got}, expected an array of shape {tuple(shape)}. "
+            "Hint: an initializer is called as init(key, shape, dtype); factories such as "
+            "jnn.initializers.he_normal must be called first: he_normal()."
+        )
+    return value
 
 
 __all__ = [

@@ -563,3 +563,26 @@ def test_numpy_ints_are_accepted_as_ints(key, x_small):
     dense = jnn.Dense(np.int64(3))
     assert dense == jnn.Dense(3) and type(dense.features) is int
     assert dense.init(key, x_small)["weight"].shape == (3, 3)
+
+
+def test_initializer_factories_and_bad_initializers_are_named(key, x_small):
+    with pytest.raises(TypeError, match=r"Dense: w_init got the initializer factory he_normal"):
+        jnn.Dense(2, w_init=jnn.initializers.he_normal)
+    with pytest.raises(TypeError, match=r"initializer <lambda> returned shape \(2,\), expected"):
+        jnn.Dense(2, w_init=lambda key, shape, dtype: jnp.zeros(2)).init(key, x_small)
+
+
+def test_pytorch_default_receives_each_layers_fan_in(key):
+    init = jnn.initializers.pytorch_default()
+    model = jnn.MLP([64, 10], w_init=init, b_init=init)
+    params = model.init(key, jnp.zeros((2, 400)))
+    for name, fan_in in (("dense_0", 400), ("dense_1", 64)):
+        for leaf in params[name].values():
+            bound = 1 / np.sqrt(fan_in)
+            assert float(jnp.abs(leaf).max()) <= bound
+            assert float(jnp.abs(leaf).max()) > 0.8 * bound  # uniform on the whole range
+
+
+def test_parallel_needs_a_branch():
+    with pytest.raises(ValueError, match=r"Parallel: branches must hold at least one layer"):
+        jnn.Parallel([])
