@@ -118,9 +118,9 @@ def clear_caches() -> None:
     if "jnn" in sys.modules:
         # jnn's record of the param shapes each layer expects (filled on a layer's first
         # trace): without clearing it, jnn would trace faster on every build but the first.
-        from jnn import _module
+        from jnn import _params_check
 
-        _module._expected_cached.cache_clear()
+        _params_check._expected_cached.cache_clear()
 
 
 def first_call_rounds(builders: dict[str, Callable[[], Runner]], rounds: int) -> dict:

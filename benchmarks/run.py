@@ -26,7 +26,7 @@ import statistics
 import sys
 from pathlib import Path
 
-from benchmarks import cnn, lstm, mlp, transformer
+from benchmarks import bidirectional, cnn, lstm, mlp, transformer
 from benchmarks.harness import calibrate, first_call_rounds, interleaved_rounds, matmul_gflops
 
 # name -> (module, builder keyword arguments); every builder takes ``batch``.
@@ -35,6 +35,7 @@ WORKLOADS = {
     "mlp-64-64-64-10-b32": (mlp, {"batch": 32, "sizes": (64, 64, 64, 10)}),
     "lenet-28x28x1-b128": (cnn, {"batch": 128}),
     "lstm-50x128-b64": (lstm, {"batch": 64}),
+    "bigru-40x64-b128": (bidirectional, {"batch": 128}),
     "transformer-2x128-l64-b32": (transformer, {"batch": 32}),
 }
 LIBRARY_OF = {"flax.linen": "flax", "flax.nnx": "flax", "equinox": "equinox", "torch": "torch"}

@@ -5,9 +5,11 @@ Data: ``examples/data/sunspots_yearly.csv``, the yearly mean sunspot numbers 170
 The last 40 years are held out. The model reads a window of the previous 20 years
 (scaled) and predicts the next year; it is trained on windows that end before the
 held-out tail and evaluated one step ahead on the tail, against predicting "same as last
-year".
+year". ``jnn.fit`` shows a progress bar with the epoch, the elapsed time and the loss;
+the forecast is plotted in ``rnn_timeseries.png`` in ``--output-dir``.
 
-Run:  python examples/rnn_timeseries.py              (writes rnn_timeseries.png)
+Run:  python examples/rnn_timeseries.py              (writes examples/outputs/rnn_timeseries.png)
+      python examples/rnn_timeseries.py --output-dir /tmp/sunspots
       python examples/rnn_timeseries.py --smoke
 """
 
@@ -17,14 +19,32 @@ import argparse
 import sys
 from pathlib import Path
 
-import jax
 import numpy as np
-import optax
-
-import jnn
 
 DATA = Path(__file__).resolve().parent / "data" / "sunspots_yearly.csv"
+OUTPUT_DIR = Path(__file__).resolve().parent / "outputs"
 WINDOW, TEST_YEARS = 20, 40
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """``--help`` keeps the layout of the module docstring and shows each option's default."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    parser.add_argument("--epochs", type=int, default=300, help="passes over the training windows")
+    parser.add_argument("--hidden", type=int, default=32, help="units of the LSTM cell")
+    parser.add_argument("--learning-rate", type=float, default=3e-3, help="peak learning rate")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the init and the shuffles")
+    parser.add_argument(
+        "--output-dir",
+        type=Path,
+        default=OUTPUT_DIR,
+        help="folder for rnn_timeseries.png, created if missing; --smoke without it "
+        "writes to smoke/ inside the default",
+    )
+    parser.add_argument("--smoke", action="store_true", help="3 epochs (CI)")
+    return parser
 
 
 def load_series() -> tuple[np.ndarray, np.ndarray]:
@@ -40,16 +60,17 @@ def windows(series: np.ndarray, ends: range) -> tuple[np.ndarray, np.ndarray]:
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=int, default=300)
-    parser.add_argument("--hidden", type=int, default=32)
-    parser.add_argument("--learning-rate", type=float, default=3e-3)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--output", type=str, default="rnn_timeseries.png")
-    parser.add_argument("--smoke", action="store_true", help="a few epochs (CI)")
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)  # --help exits here, before JAX loads
+    import jax
+    import optax
+
+    import jnn
+
     if args.smoke:
         args.epochs = 3
+    output_dir = args.output_dir
+    if args.smoke and output_dir == OUTPUT_DIR:
+        output_dir = OUTPUT_DIR / "smoke"  # leave the full run's plot in place
 
     years, series = load_series()
     split = len(series) - TEST_YEARS
@@ -63,6 +84,10 @@ def main(argv=None) -> dict:
     model = jnn.Sequential(
         [jnn.RNN(jnn.LSTMCell(args.hidden), return_sequences=False), jnn.Dense(1)]
     )
+    print(
+        f"training {args.epochs} epochs on {len(x_train)} windows (targets "
+        f"{years[WINDOW]}-{years[split - 1]}; the first step compiles)"
+    )
     result = jnn.fit(
         model,
         model.init(jax.random.key(args.seed), x_train[:1]),
@@ -72,7 +97,6 @@ def main(argv=None) -> dict:
         key=jax.random.key(args.seed + 1),
         epochs=args.epochs,
         batch_size=batch_size,
-        progress=False,
     )
     forecast = np.asarray(model.apply(result.params, x_test)) * scale
     truth = y_test * scale
@@ -82,11 +106,13 @@ def main(argv=None) -> dict:
         f"one-year-ahead MAE on {years[split]}-{years[-1]}: LSTM {lstm_mae:.1f}, "
         f"naive last value {naive_mae:.1f}"
     )
-    save_plot(years, series, split, forecast[:, 0], args.output)
-    print(f"saved {args.output}")
+    output_dir.mkdir(parents=True, exist_ok=True)
+    output = output_dir / "rnn_timeseries.png"
+    save_plot(years, series, split, forecast[:, 0], output)
+    print(f"saved {output.resolve()}")
     if not args.smoke and lstm_mae >= naive_mae:
         sys.exit(1)
-    return {"lstm_mae": lstm_mae, "naive_mae": naive_mae, "output": args.output}
+    return {"lstm_mae": lstm_mae, "naive_mae": naive_mae, "output": output}
 
 
 def save_plot(years, series, split, forecast, path):

@@ -16,28 +16,45 @@ here, since no test word occurs in training.
 
 On single words this baseline is strong, and the two land close together (about 0.78
 for the network and 0.79 for the baseline with the defaults): short, frequent words
-carry few letters, and many are spelled alike in related languages.
+carry few letters, and many are spelled alike in related languages. ``jnn.fit`` shows a
+progress bar with the epoch, the elapsed time and the loss. Training takes a few minutes
+on a 2-core CPU, and the baseline's fit, which shows no progress, half a minute or more.
+The script writes no files.
 
 Run:  python examples/text_classifier.py
-      python examples/text_classifier.py --smoke
+      python examples/text_classifier.py --epochs 5
+      python examples/text_classifier.py --smoke   (one short epoch on 512 words, for CI)
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 
-import jax
-import jax.numpy as jnp
 import numpy as np
-import optax
-
-import jnn
 
 DATA = Path(__file__).resolve().parent / "data" / "wordfreq_words.tsv"
 MAX_LENGTH = 16  # characters; longer words (under 1%) are cut
 PAD, UNKNOWN = 0, 1  # ids reserved in the character vocabulary
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """``--help`` keeps the layout of the module docstring and shows each option's default."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    parser.add_argument("--epochs", type=int, default=20, help="passes over the training words")
+    parser.add_argument("--batch-size", type=int, default=64, help="words per training step")
+    parser.add_argument("--learning-rate", type=float, default=3e-3, help="peak learning rate")
+    parser.add_argument("--weight-decay", type=float, default=1e-2, help="AdamW weight decay")
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seed of the train/test split, init and training"
+    )
+    parser.add_argument("--smoke", action="store_true", help="one short epoch (CI)")
+    return parser
 
 
 def load_words() -> tuple[list[str], list[str]]:
@@ -58,6 +75,7 @@ def encode(words: list[str], alphabet: dict[str, int]) -> np.ndarray:
 
 def word_classifier(vocab_size: int, num_classes: int, features=48, filters=256, dropout=0.5):
     """Character ids ``[batch, time]`` -> logits ``[batch, num_classes]``."""
+    import jnn
 
     def detector(width: int) -> jnn.Sequential:  # one feature per pattern of `width` letters
         return jnn.Sequential(
@@ -86,14 +104,12 @@ def baseline_accuracy(train_words, train_labels, test_words, test_labels) -> flo
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epochs", type=int, default=20)
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--learning-rate", type=float, default=3e-3)
-    parser.add_argument("--weight-decay", type=float, default=1e-2)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--smoke", action="store_true", help="one short epoch (CI)")
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)  # --help exits here, before JAX loads
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    import jnn
 
     words, languages = load_words()
     names = sorted(set(languages))
@@ -105,6 +121,7 @@ def main(argv=None) -> dict:
         args.epochs, train, test = 1, train[:512], test[:256]
     train_words = [words[i] for i in train]
     test_words = [words[i] for i in test]
+    print(f"{len(train)} training words, {len(test)} held-out words, {len(names)} languages")
 
     # The alphabet comes from the training words only; unseen letters map to UNKNOWN.
     letters = sorted({c for word in train_words for c in word})
@@ -117,6 +134,7 @@ def main(argv=None) -> dict:
     optimizer = optax.adamw(
         optax.cosine_decay_schedule(args.learning_rate, steps), weight_decay=args.weight_decay
     )
+    print(f"training the character CNN for {args.epochs} epoch(s) (the first step compiles)")
     result = jnn.fit(
         model,
         model.init(jax.random.key(args.seed), x_train[:1]),
@@ -126,12 +144,15 @@ def main(argv=None) -> dict:
         key=jax.random.key(args.seed + 1),
         epochs=args.epochs,
         batch_size=args.batch_size,
-        progress=False,
     )
     logits = jax.jit(model.apply)(result.params, x_test)
     accuracy = float(jnn.accuracy(logits, jnp.asarray(y_test)))
+    print(f"character CNN: held-out accuracy {accuracy:.3f}")
+
+    print("fitting the baseline, a logistic regression on character n-grams (can take a minute)")
+    start = time.perf_counter()
     baseline = baseline_accuracy(train_words, y_train, test_words, y_test)
-    print(f"{len(train)} training words, {len(test)} held-out words, {len(names)} languages")
+    print(f"baseline fitted in {time.perf_counter() - start:.1f} s")
     print(f"held-out accuracy: character CNN {accuracy:.3f}, bag of n-grams {baseline:.3f}")
     examples = ["house", "maison", "haus", "casa", "huis", "hus", "giorno", "obrigado"]
     guesses = jnp.argmax(model.apply(result.params, encode(examples, alphabet)), axis=-1)

@@ -9,7 +9,17 @@ A model is an immutable object holding hyperparameters, with ``init`` and ``appl
 """
 
 from jnn import activations, extend, initializers
-from jnn._attention import MultiHeadAttention, causal_mask, combine_masks, padding_mask
+from jnn._adaptive_pooling import AdaptiveAvgPool, AdaptiveMaxPool, GlobalAvgPool, GlobalMaxPool
+from jnn._attention import MultiHeadAttention
+from jnn._batch_norm import BatchNorm
+from jnn._batching import batches
+from jnn._bidirectional import Bidirectional
+from jnn._binary_losses import binary_cross_entropy, sigmoid_binary_cross_entropy
+from jnn._categorical_losses import (
+    softmax_cross_entropy,
+    softmax_cross_entropy_with_integer_labels,
+)
+from jnn._cells import GRUCell, LSTMCell, SimpleRNNCell
 from jnn._combinators import (
     FunctionModule,
     Identity,
@@ -20,25 +30,21 @@ from jnn._combinators import (
     Sequential,
     from_functions,
 )
-from jnn._conv import Conv, ConvTranspose
+from jnn._conv import Conv
+from jnn._conv_transpose import ConvTranspose
 from jnn._dense import MLP, Dense
+from jnn._divergences import kl_divergence
 from jnn._dropout import Dropout
 from jnn._embedding import Embedding
 from jnn._errors import DTypeError, LayerError, MissingKeyError, ParamsError, ShapeError
-from jnn._losses import (
-    binary_cross_entropy,
-    huber,
-    kl_divergence,
-    mean_absolute_error,
-    mean_squared_error,
-    sigmoid_binary_cross_entropy,
-    softmax_cross_entropy,
-    softmax_cross_entropy_with_integer_labels,
-)
+from jnn._fit import FitResult, fit
+from jnn._freezing import freeze
+from jnn._group_norm import GroupNorm
+from jnn._masks import causal_mask, combine_masks, padding_mask
 from jnn._metrics import Mean, accuracy, confusion_matrix, top_k_accuracy
 from jnn._module import Module, Params, State
-from jnn._norm import BatchNorm, GroupNorm, LayerNorm, RMSNorm
-from jnn._pooling import AvgPool, Flatten, GlobalAvgPool, GlobalMaxPool, MaxPool, Reshape
+from jnn._norm import LayerNorm, RMSNorm
+from jnn._pooling import AvgPool, MaxPool
 from jnn._positional import (
     LearnedPositions,
     SinusoidalPositions,
@@ -46,16 +52,11 @@ from jnn._positional import (
     sinusoidal_positions,
 )
 from jnn._profile import StepProfile, profile_step
-from jnn._recurrent import RNN, Bidirectional, GRUCell, LSTMCell, SimpleRNNCell
+from jnn._regression_losses import huber, mean_absolute_error, mean_squared_error
+from jnn._reshape import Flatten, Reshape
+from jnn._rnn import RNN
 from jnn._scope import Scope
-from jnn._training import (
-    FitResult,
-    batches,
-    evaluate,
-    fit,
-    make_eval_step,
-    make_train_step,
-)
+from jnn._training import evaluate, make_eval_step, make_train_step
 from jnn._transformer import TransformerBlock, TransformerLM
 from jnn.activations import (
     elu,
@@ -96,6 +97,8 @@ __all__ = [
     "AvgPool",
     "GlobalMaxPool",
     "GlobalAvgPool",
+    "AdaptiveAvgPool",
+    "AdaptiveMaxPool",
     "Flatten",
     "Reshape",
     "Dropout",
@@ -165,6 +168,7 @@ __all__ = [
     "batches",
     "fit",
     "FitResult",
+    "freeze",
     # profiling
     "profile_step",
     "StepProfile",

@@ -1,188 +1,41 @@
 """Multi-head attention, with boolean masks, grouped-query heads, RoPE and a KV cache.
 
-Masks are boolean and ``True`` means *attend*. They broadcast against the attention
-logits ``[batch, heads, q_len, kv_len]``; ``causal_mask``, ``padding_mask`` and
-``combine_masks`` build the usual ones.
+The masks are in ``jnn._masks``, the attention kernels in ``jnn._dot_product_attention``
+and the cache in ``jnn._kv_cache``; this module holds the layer that ties them together.
 """
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from jnn import initializers
-from jnn._checks import check_floating, check_positive_int, check_rank
-from jnn._errors import DTypeError, MissingKeyError, ParamsError, ShapeError
+from jnn._checks import check_positive_int, check_rank, is_apply_check
+from jnn._dot_product_attention import attend
+from jnn._errors import DTypeError, MissingKeyError, ShapeError
+from jnn._kv_cache import (
+    Cache,
+    check_cache,
+    check_room,
+    empty_cache,
+    visible_positions,
+    write_cache,
+)
+from jnn._masks import as_4d, check_attention_mask, combine_masks
 from jnn._module import Module, Params
-from jnn._positional import _concrete_int, rotary_embedding
+from jnn._positional import _check_base, rotary_embedding
 from jnn._scope import child_key
 
-__all__ = ["MultiHeadAttention", "causal_mask", "padding_mask", "combine_masks"]
+__all__ = ["MultiHeadAttention"]
 
-Cache = dict[str, jax.Array]
-"""``{"key": [batch, max_length, kv_heads, head_dim], "value": (same), "index": int32 []}``."""
-
-
-# --------------------------------------------------------------------------- masks
-
-
-def causal_mask(length: int) -> jax.Array:
-    """The mask letting position ``i`` attend to positions ``j <= i`` only.
-
-    Args:
-      length: The sequence length (queries and keys alike).
-
-    Returns:
-      A boolean ``[1, 1, length, length]`` mask, ``True`` on and below the diagonal.
-
-    Examples:
-      >>> from jnn import causal_mask
-      >>> causal_mask(3)[0, 0].astype(int).tolist()
-      [[1, 0, 0], [1, 1, 0], [1, 1, 1]]
-    """
-    check_positive_int("causal_mask", "length", length)
-    return jnp.tril(jnp.ones((length, length), bool))[None, None]
-
-
-def padding_mask(valid: jax.typing.ArrayLike, length: int | None = None) -> jax.Array:
-    """The mask hiding padded keys: from lengths ``[batch]`` or a boolean ``[batch, kv_len]``.
-
-    Args:
-      valid: Either integer lengths ``[batch]`` (keys ``0 ... lengths[b] - 1`` are real)
-        or a boolean ``[batch, kv_len]`` that is ``True`` at real keys.
-      length: The padded length ``kv_len``; needed with integer lengths.
-
-    Returns:
-      A boolean ``[batch, 1, 1, kv_len]`` mask.
-
-    Raises:
-      DTypeError: If ``valid`` is neither integer nor boolean.
-      ShapeError: If ``valid`` has the wrong rank or disagrees with ``length``.
-
-    Examples:
-      >>> import jax.numpy as jnp
-      >>> from jnn import padding_mask
-      >>> padding_mask(jnp.array([1, 3]), length=3)[:, 0, 0].astype(int).tolist()
-      [[1, 0, 0], [1, 1, 1]]
-    """
-    name = "padding_mask"
-    valid = jnp.asarray(valid)
-    if valid.dtype == bool:
-        check_rank(name, valid, 2, "boolean mask [batch, kv_len]")
-        if length is not None and length != valid.shape[1]:
-            raise ShapeError(
-                name, f"length {length} differs from the mask's kv_len, shape {valid.shape}."
-            )
-        return valid[:, None, None, :]
-    if not jnp.issubdtype(valid.dtype, jnp.integer):
-        raise DTypeError(
-            name,
-            f"expected integer lengths [batch] or a boolean mask [batch, kv_len], "
-            f"got dtype {valid.dtype}.",
-        )
-    check_rank(name, valid, 1, "lengths [batch]")
-    if length is None:
-        raise ShapeError(name, "integer lengths need length=kv_len, the padded length.")
-    check_positive_int(name, "length", length)
-    return (jnp.arange(length) < valid[:, None])[:, None, None, :]
-
-
-def combine_masks(*masks: jax.typing.ArrayLike | None) -> jax.Array | None:
-    """Combine boolean masks with logical *and*, skipping ``None``s.
-
-    Returns:
-      The broadcast conjunction, or ``None`` when every mask is ``None``.
-
-    Raises:
-      DTypeError: If a mask is not boolean.
-      ShapeError: If the masks do not broadcast together.
-
-    Examples:
-      >>> import jax.numpy as jnp
-      >>> from jnn import causal_mask, combine_masks, padding_mask
-      >>> m = combine_masks(causal_mask(3), None, padding_mask(jnp.array([2]), 3))
-      >>> m.shape, m[0, 0].astype(int).tolist()
-      ((1, 1, 3, 3), [[1, 0, 0], [1, 1, 0], [1, 1, 0]])
-    """
-    arrays = [jnp.asarray(m) for m in masks if m is not None]
-    for m in arrays:
-        if m.dtype != bool:
-            raise DTypeError("combine_masks", f"expected boolean masks, got dtype {m.dtype}.")
-    if not arrays:
-        return None
-    try:
-        np.broadcast_shapes(*(m.shape for m in arrays))
-    except ValueError:
-        shapes = ", ".join(str(m.shape) for m in arrays)
-        raise ShapeError("combine_masks", f"masks of shapes {shapes} do not broadcast.") from None
-    return functools.reduce(jnp.logical_and, arrays)
-
-
-# --------------------------------------------------------------------------- kernels
-# q: [batch, q_len, heads, head_dim]; k, v: [batch, kv_len, kv_heads, head_dim];
-# mask: None or bool [batch or 1, heads or 1, q_len or 1, kv_len or 1]. Query head n
-# reads key/value head n // (heads // kv_heads), as jax.nn.dot_product_attention does.
-
-
-def _attend_fused(q, k, v, mask, implementation=None):
-    """``jax.nn.dot_product_attention``, with rows that attend to nothing set to zero."""
-    out = jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=implementation)
-    if mask is None:
-        return out
-    # It gives a fully masked row the mean of all values (every logit is the same large
-    # negative number); zero such rows, as the explicit path does.
-    attends = jnp.swapaxes(jnp.any(mask, axis=-1), 1, 2)[..., None]  # [b, q_len, heads, 1]
-    return jnp.where(attends, out, jnp.zeros((), out.dtype))
-
-
-def _attention_weights(q, k, mask):
-    """``softmax(q k^T / sqrt(head_dim))`` ``[batch, heads, q_len, kv_len]``, 0 if masked."""
-    k = jnp.repeat(k, q.shape[-2] // k.shape[-2], axis=-2)
-    dtype = jnp.promote_types(q.dtype, jnp.float32)
-    # Scaling q before the product touches head_dim numbers per query, not kv_len.
-    q = q / jnp.asarray(math.sqrt(q.shape[-1]), q.dtype)
-    logits = jnp.einsum("bthd,bshd->bhts", q, k, preferred_element_type=dtype)
-    if mask is None:
-        return jax.nn.softmax(logits, axis=-1)
-    logits = jnp.where(mask, logits, jnp.finfo(dtype).min)
-    return jnp.where(mask, jax.nn.softmax(logits, axis=-1), 0.0)
-
-
-def _attend_explicit(q, k, v, mask, dropout_rate=0.0, key=None):
-    """The attention written out, with dropout on the weights (inverted, like Dropout)."""
-    weights = _attention_weights(q, k, mask)
-    if dropout_rate == 1.0:
-        weights = jnp.zeros_like(weights)
-    elif dropout_rate > 0.0:
-        keep = jax.random.bernoulli(key, 1.0 - dropout_rate, weights.shape)
-        weights = jnp.where(keep, weights / (1.0 - dropout_rate), 0.0)
-    v = jnp.repeat(v, q.shape[-2] // v.shape[-2], axis=-2)
-    return jnp.einsum("bhts,bshd->bthd", weights.astype(v.dtype), v)
-
-
-def _fused(implementation: str | None) -> bool:
-    """Whether attention without dropout goes through ``jax.nn.dot_product_attention``.
-
-    By default it does on accelerators, where that function can pick a fused kernel,
-    and not on a CPU, where XLA runs the einsum form faster: on the benchmark's
-    2-layer transformer encoder the training step took 7% less time written out.
-    """
-    if implementation is None:
-        return jax.default_backend() != "cpu"
-    return implementation != "einsum"
-
-
-def _as_4d(mask: jax.Array) -> jax.Array:
-    return mask.reshape((1,) * (4 - mask.ndim) + mask.shape)
-
-
-# --------------------------------------------------------------------------- the layer
+_TABLE_HINT = (
+    "Hint: a (batch, features) table would make examples attend to each other; "
+    "add a length axis: x[:, None, :]."
+)
 
 
 class MultiHeadAttention(Module):
@@ -214,17 +67,14 @@ class MultiHeadAttention(Module):
 
     **Decoding with a KV cache.** ``cache = layer.init_cache(params, batch_size,
     max_length)`` makes an empty cache; ``y, cache = layer.apply(params, x, cache=cache)``
-    writes the new keys and values at ``cache["index"]`` (with
-    ``jax.lax.dynamic_update_slice``), lets each query attend to the cached positions
-    up to its own (causal), and returns the advanced cache. ``x`` may be one step
-    ``[batch, 1, features]`` or a chunk (a prompt) of several. The call is pure, so it
-    works under ``jit`` and as the body of ``jax.lax.scan``. The cache is an explicit
-    argument rather than the layer's ``state`` because ``state`` is for statistics that
-    every call threads (``init_with_state`` creates it and every ``apply`` would have to
-    carry it, training too), while the cache exists only while decoding, has a size
-    (``max_length``) that ``init`` cannot know, and is reset per sequence. As a keyword
-    of ``apply`` it also passes through a composite's ``scope("attention", layer, x,
-    cache=...)``. Caching covers self-attention only.
+    writes the new keys and values at ``cache["index"]``, lets each query attend to the
+    cached positions up to its own (causal), and returns the advanced cache. ``x`` may
+    be one step ``[batch, 1, features]`` or a chunk (a prompt) of several. The call is
+    pure, so it works under ``jit`` and as the body of ``jax.lax.scan``. The cache is an
+    explicit argument rather than the layer's ``state``: it exists only while decoding,
+    has a size (``max_length``) that ``init`` cannot know, and is reset per sequence. As
+    a keyword of ``apply`` it passes through a composite's ``scope("attention", layer,
+    x, cache=...)``. Caching covers self-attention only.
 
     Args:
       num_heads: Number of query heads.
@@ -236,12 +86,14 @@ class MultiHeadAttention(Module):
       use_bias: Whether the four projections have biases.
       use_rope: Rotate queries and keys with ``rotary_embedding`` at their positions
         (``0 ... length - 1``, or the absolute positions in the cache when decoding).
-      rope_base: The ``base`` of ``rotary_embedding``.
+      rope_base: The ``base`` of ``rotary_embedding`` (greater than 1).
       w_init: Initializer of the weights. It is called with the 2-D shape of the
         equivalent dense layer (``[in_features, heads * head_dim]``, or
-        ``[num_heads * head_dim, features]`` for the output), so fan-in and fan-out
-        mean what they do for ``Dense``; the result is reshaped.
-      b_init: Initializer of the biases.
+        ``[num_heads * head_dim, features]`` for the output) and that layer's fan-in,
+        so fan-in and fan-out mean what they do for ``Dense`` (and
+        ``initializers.pytorch_default()`` gets ``torch.nn.Linear``'s); the result is
+        reshaped.
+      b_init: Initializer of the biases; it receives the same fan-in.
       param_dtype: Dtype of the parameters.
       implementation: How attention without dropout is computed. ``None`` (the
         default) picks by backend: ``jax.nn.dot_product_attention`` on GPUs and TPUs,
@@ -250,8 +102,13 @@ class MultiHeadAttention(Module):
         implementation (``"cudnn"``: cuDNN's fused kernel on NVIDIA GPUs, fp16/bf16).
 
     Shapes:
-      ``query`` is ``[batch, q_len, q_features]`` and ``key_value`` ``[batch, kv_len,
-      kv_features]``; unbatched ``[q_len, q_features]`` works too (all inputs alike).
+      ``init`` takes a batched sample: ``query`` ``[batch, q_len, q_features]`` and
+      ``key_value`` ``[batch, kv_len, kv_features]``. It refuses a rank-2 input, which
+      is most often a ``(batch, features)`` table whose rows would attend to each other
+      (add a length axis, ``x[:, None, :]``). ``apply`` takes the same, or one unbatched
+      example ``[q_len, q_features]`` (and ``[kv_len, kv_features]``), so
+      ``jax.vmap(layer.apply, ...)`` over examples works; a rank-2 input to ``apply`` is
+      always read as one sequence.
       The output is ``[batch, q_len, features]``. ``mask`` broadcasts to ``[batch,
       num_heads, q_len, kv_len]`` (``kv_len`` is the cache's ``max_length`` when
       decoding). ``init`` creates, with ``h = num_heads``, ``k = num_kv_heads`` and
@@ -266,14 +123,15 @@ class MultiHeadAttention(Module):
       []}``, without ``batch`` for unbatched inputs.
 
     Raises:
-      ShapeError: If an input's last dimension differs from the one set at init, the
-        mask does not broadcast to the logits, or the cache does not fit (wrong shapes,
-        or, when ``index`` is concrete, too few positions left).
-      DTypeError: If an input is not floating point or the mask is not boolean.
+      ShapeError: If an input has the wrong rank, its last dimension differs from the
+        one set at init, the mask does not broadcast to the logits, or the cache does
+        not fit (wrong shapes, or, when ``index`` is concrete, too few positions left).
+      DTypeError: If an input is not floating point, the mask is not boolean, or the
+        cache index is not an integer.
       MissingKeyError: If training with ``dropout_rate > 0`` and no ``key``.
-
-    A traced ``index`` (under ``jit`` or ``scan``) cannot be checked in Python: once the
-    cache is full, outputs are NaN rather than silently overwriting the last position.
+      ValueError: When the compiled program runs, if a traced cache ``index`` (under
+        ``jit`` or ``scan``) has too few positions left; it names the index and the
+        cache's ``max_length`` and arrives wrapped in JAX's runtime error.
 
     Examples:
       >>> import jax, jax.numpy as jnp
@@ -317,9 +175,13 @@ class MultiHeadAttention(Module):
                 f"({self.num_kv_heads})."
             )
         if self.features is not None or self.head_dim is not None:
-            self._head_dim(self.features or 0)  # fail here, not at init, if we can
+            try:
+                self._head_dim(self.features or 0)  # fail here, not at init, if we can
+            except ShapeError as error:
+                raise ValueError(str(error)) from None
         if not 0.0 <= self.dropout_rate <= 1.0:
             raise ValueError(f"{name}: dropout_rate must be in [0, 1], got {self.dropout_rate!r}.")
+        _check_base(name, self.rope_base, "rope_base")
         if self.implementation not in (None, "einsum", "xla", "cudnn"):
             raise ValueError(
                 f"{name}: implementation must be None, 'einsum', 'xla' or 'cudnn', "
@@ -337,18 +199,40 @@ class MultiHeadAttention(Module):
                 )
             head_dim = features // self.num_heads
         if self.use_rope and head_dim % 2:
-            raise ShapeError(self.layer_name(), f"use_rope needs an even head_dim, got {head_dim}.")
+            derived = f" (features {features} / num_heads {self.num_heads})"
+            derived = "" if self.head_dim else derived
+            raise ShapeError(
+                self.layer_name(), f"use_rope needs an even head_dim, got {head_dim}{derived}."
+            )
         return head_dim
 
     # ----------------------------------------------------------------- checks
 
-    def _check_sequences(self, query: Any, key_value: Any) -> None:
-        check_rank(self, query, (2, 3), "query [batch, q_len, features]")
-        check_floating(self, query, "query")
-        if key_value is None:
-            return
-        check_floating(self, key_value, "key_value")
-        if key_value.ndim != query.ndim or key_value.shape[:-2] != query.shape[:-2]:
+    def _check_floating(self, x: Any, what: str) -> None:
+        dtype = jnp.result_type(x)
+        if not jnp.issubdtype(dtype, jnp.floating):
+            hint = "Hint: cast it first, e.g. x.astype(jnp.float32)."
+            if jnp.issubdtype(dtype, jnp.integer):
+                hint = "Hint: embed token ids first (jnn.Embedding); cast other data to float."
+            raise DTypeError(
+                self.layer_name(), f"expected a floating-point {what}, got dtype {dtype}. {hint}"
+            )
+
+    def _check_sequences(self, query: Any, key_value: Any, batched: bool = False) -> None:
+        """Ranks and dtypes; ``batched``: refuse an unbatched rank-2 input (init)."""
+        ranks = (3,) if batched else (2, 3)
+        for what, x, axes in (("query", query, "q_len"), ("key_value", key_value, "kv_len")):
+            if x is None:
+                continue
+            layout = f"{what} [batch, {axes}, features]"
+            if not batched:
+                layout += f" (or one unbatched [{axes}, features])"
+            hint = _TABLE_HINT if batched and jnp.ndim(x) == 2 else ""
+            check_rank(self, x, ranks, layout, hint=hint)
+            self._check_floating(x, what)
+        if key_value is not None and (
+            key_value.ndim != query.ndim or key_value.shape[:-2] != query.shape[:-2]
+        ):
             raise ShapeError(
                 self.layer_name(),
                 f"expected key_value [batch, kv_len, features] with the query's batch "
@@ -371,83 +255,36 @@ class MultiHeadAttention(Module):
                 )
         kv_len = (query if key_value is None else key_value).shape[-2]
         if cache is not None:
-            kv_len = self._check_cache(weights.get("key"), query, key_value, cache)
+            w = weights.get("key")
+            heads = tuple(w.shape[1:]) if w is not None and w.ndim == 3 else None
+            kv_len = check_cache(self, heads, query, key_value, cache)
         if mask is not None:
-            mask = jnp.asarray(mask) if not hasattr(mask, "dtype") else mask
-            if mask.dtype != bool:
-                raise DTypeError(
-                    self.layer_name(),
-                    f"expected a boolean mask (True = attend), got dtype {mask.dtype}.",
-                )
             # Unbatched inputs get a batch axis of 1 inside, so a mask may have one too.
             batch = query.shape[0] if query.ndim == 3 else 1
-            target = (batch, self.num_heads, query.shape[-2], kv_len)
-            try:
-                ok = mask.ndim <= 4 and np.broadcast_shapes(mask.shape, target) == target
-            except ValueError:
-                ok = False
-            if not ok:
-                axes = "[batch, heads, q_len, kv_len]"
-                raise ShapeError(
-                    self.layer_name(),
-                    f"expected a mask broadcastable to {axes} = {target}, "
-                    f"got shape {tuple(mask.shape)}.",
-                )
-
-    def _check_cache(self, weight: Any, query: Any, key_value: Any, cache: Any) -> int:
-        name = self.layer_name()
-        hint = "Hint: make it with layer.init_cache(params, batch_size, max_length)."
-        if key_value is not None:
-            raise ShapeError(name, "a cache decodes self-attention only; got a key_value too.")
-        if not isinstance(cache, Mapping) or set(cache) != {"key", "value", "index"}:
-            got = sorted(cache) if isinstance(cache, Mapping) else type(cache).__name__
-            raise ShapeError(
-                name, f"expected a cache with keys index, key, value, got {got}. {hint}"
-            )
-        keys, index = cache["key"], cache["index"]
-        heads = tuple(weight.shape[1:]) if weight is not None and weight.ndim == 3 else None
-        batch = tuple(query.shape[:-2])
-        shape = tuple(keys.shape)
-        if (
-            len(shape) != len(batch) + 3
-            or shape[: len(batch)] != batch
-            or (heads is not None and shape[-2:] != heads)
-            or tuple(cache["value"].shape) != shape
-        ):
-            raise ShapeError(
-                name,
-                f"expected cache key and value of shape {(*batch, 'max_length', *(heads or ()))} "
-                f"for query shape {tuple(query.shape)}, got {shape} and "
-                f"{tuple(cache['value'].shape)}. {hint}",
-            )
-        if jnp.ndim(index) != 0 or not jnp.issubdtype(jnp.result_type(index), jnp.integer):
-            raise ShapeError(name, f"expected an integer scalar cache index, got {index!r}.")
-        max_length, length = shape[-3], query.shape[-2]
-        start = _concrete_int(index)
-        if length > max_length or (start is not None and start + length > max_length):
-            at = f" at index {start}" if start is not None else ""
-            raise ShapeError(
-                name,
-                f"cache overflow: {length} new positions{at} do not fit in the cache's "
-                f"max_length {max_length}. Hint: make a longer cache.",
-            )
-        return max_length
+            check_attention_mask(self, mask, (batch, self.num_heads, query.shape[-2], kv_len))
 
     # ----------------------------------------------------------------- init
 
     def init(self, key: jax.Array, query, key_value=None, *, mask=None, cache=None) -> Params:
         del mask, cache  # apply's keywords arrive here too; the params do not depend on them
-        self._check_sequences(query, key_value)
+        # init needs a batched sample, except when apply runs it on its own inputs to
+        # check the params: those may be one unbatched example (jax.vmap).
+        self._check_sequences(query, key_value, batched=not is_apply_check())
         features = self.features or query.shape[-1]
         head_dim = self._head_dim(features)
 
         def make(name: str, in_shape: tuple, out_shape: tuple) -> Params:
             k = child_key(key, name)
-            dense = (math.prod(in_shape), math.prod(out_shape))
-            w = self.w_init(child_key(k, "weight"), dense, self.param_dtype)
+            fan_in = math.prod(in_shape)
+            dense = (fan_in, math.prod(out_shape))
+            w = initializers.initialize(
+                self.w_init, child_key(k, "weight"), dense, self.param_dtype, fan_in=fan_in
+            )
             params = {"weight": w.reshape(in_shape + out_shape)}
             if self.use_bias:
-                b = self.b_init(child_key(k, "bias"), dense[1:], self.param_dtype)
+                b = initializers.initialize(
+                    self.b_init, child_key(k, "bias"), dense[1:], self.param_dtype, fan_in=fan_in
+                )
                 params["bias"] = b.reshape(out_shape)
             return params
 
@@ -475,23 +312,13 @@ class MultiHeadAttention(Module):
         Returns:
           ``{"key": zeros [batch_size, max_length, num_kv_heads, head_dim], "value":
           (same), "index": int32 0}``.
+
+        Raises:
+          ParamsError: If ``params`` lack ``key/weight`` ``[in, num_kv_heads, head_dim]``.
+          TypeError, ValueError: If ``batch_size`` or ``max_length`` is not a positive int.
+          DTypeError: If ``dtype`` is not floating point.
         """
-        name = self.layer_name()
-        weight = params.get("key", {}).get("weight") if isinstance(params, Mapping) else None
-        if weight is None or len(weight.shape) != 3:
-            raise ParamsError(
-                name,
-                "init_cache needs this layer's params (or their shapes) with 'key/weight' "
-                "of shape [in_features, num_kv_heads, head_dim].",
-            )
-        if batch_size is not None:
-            check_positive_int(name, "batch_size", batch_size)
-        check_positive_int(name, "max_length", max_length)
-        batch = () if batch_size is None else (batch_size,)
-        shape = (*batch, max_length, *weight.shape[1:])
-        dtype = weight.dtype if dtype is None else dtype
-        zeros = jnp.zeros(shape, dtype)
-        return {"key": zeros, "value": zeros, "index": jnp.zeros((), jnp.int32)}
+        return empty_cache(self, params, batch_size, max_length, dtype)
 
     # ----------------------------------------------------------------- apply
 
@@ -532,33 +359,19 @@ class MultiHeadAttention(Module):
         if self.use_rope:
             q = rotary_embedding(q, start + jnp.arange(length), self.rope_base)
             k = rotary_embedding(k, start + jnp.arange(k.shape[1]), self.rope_base)
-        mask = None if mask is None else _as_4d(jnp.asarray(mask))
+        mask = None if mask is None else as_4d(jnp.asarray(mask))
         if cache is not None:
-            k, v, cache = self._write(cache, k, v)
-            visible = jnp.arange(k.shape[1]) < start + jnp.arange(1, length + 1)[:, None]
-            mask = _as_4d(combine_masks(mask, visible))
+            check_room(self, start, length, cache["key"].shape[1])
+            k, v, cache = write_cache(cache, k, v)
+            mask = as_4d(combine_masks(mask, visible_positions(start, length, k.shape[1])))
         k, v = k.astype(q.dtype), v.astype(q.dtype)
-        if rate:
-            out = _attend_explicit(q, k, v, mask, rate, child_key(key, "dropout"))
-        elif _fused(self.implementation):
-            out = _attend_fused(q, k, v, mask, self.implementation)
-        else:
-            out = _attend_explicit(q, k, v, mask)
+        dropout_key = child_key(key, "dropout") if rate else None
+        out = attend(q, k, v, mask, self.implementation, rate, dropout_key)
         y = jnp.einsum("bthd,hdf->btf", out, params["output"]["weight"])
         if self.use_bias:
             y = y + params["output"]["bias"]
         if cache is None:
             return y if batched else y[0]
-        overflow = start + length > k.shape[1]  # only a traced index gets this far
-        y = jnp.where(overflow, jnp.full((), jnp.nan, y.dtype), y)
         if not batched:
             y, cache = y[0], {**cache, "key": cache["key"][0], "value": cache["value"][0]}
         return y, cache
-
-    @staticmethod
-    def _write(cache: Cache, k: jax.Array, v: jax.Array) -> tuple[jax.Array, jax.Array, Cache]:
-        index = jnp.asarray(cache["index"])
-        at = (jnp.zeros((), index.dtype), index, *[jnp.zeros((), index.dtype)] * 2)
-        keys = jax.lax.dynamic_update_slice(cache["key"], k.astype(cache["key"].dtype), at)
-        values = jax.lax.dynamic_update_slice(cache["value"], v.astype(cache["value"].dtype), at)
-        return keys, values, {"key": keys, "value": values, "index": index + k.shape[1]}

@@ -18,7 +18,9 @@ from typing import Any
 
 from jnn._errors import layer_name
 
-__all__ = ["public_signature", "call_error", "plain_signature"]
+__all__ = ["public_signature", "call_error", "plain_signature", "accepted", "init_kwargs"]
+
+_CONTEXT_ARGS = ("state", "key", "is_training")
 
 _P = inspect.Parameter
 _CONTEXT = (
@@ -141,3 +143,41 @@ def call_error(
     if hints:
         text += " Hint: " + " ".join(hints)
     return TypeError(text)
+
+
+@functools.lru_cache(maxsize=1024)
+def accepted(fn: Callable) -> frozenset[str]:
+    """Which of ``state``, ``key``, ``is_training`` the function ``fn`` takes by name."""
+    try:
+        parameters = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return frozenset()
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return frozenset(a for a in _CONTEXT_ARGS if a != "state") | (
+            {"state"} if "state" in parameters else set()
+        )
+    return frozenset(a for a in _CONTEXT_ARGS if a in parameters)
+
+
+@functools.lru_cache(maxsize=1024)
+def takes_keyword(fn: Callable, name: str) -> bool:
+    try:
+        parameters = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return True
+    if name in parameters:
+        return parameters[name].kind is not inspect.Parameter.POSITIONAL_ONLY
+    return any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+
+
+def init_kwargs(module: Any, kwargs: dict) -> dict:
+    """The keywords of ``apply`` that ``init`` takes: those its ``init`` names.
+
+    A layer's ``apply`` may take keywords (a mask, a cache) that shape nothing; its
+    ``init`` need not accept them, at any depth of nesting.
+    """
+    cls = type(module)
+    raw_init = cls._raw_init_with_state or cls._raw_init
+    if raw_init is None or not kwargs:
+        return kwargs
+    return {k: v for k, v in kwargs.items() if takes_keyword(raw_init, k)}

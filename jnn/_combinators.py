@@ -10,9 +10,10 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from jnn._calls import accepted
 from jnn._checks import check_positive_int
 from jnn._errors import LayerError, ShapeError
-from jnn._module import Module, Params, State, _accepted
+from jnn._module import Module, Params, State
 from jnn._scope import Scope
 
 __all__ = [
@@ -372,7 +373,7 @@ class FunctionModule(Module):
         self, params: Params, *inputs: Any, key: Any = None, is_training: bool = False, **kwargs
     ) -> Any:
         context = {"key": key, "is_training": is_training}
-        extra = {n: context[n] for n in _accepted(self.apply_fn) if n in context}
+        extra = {n: context[n] for n in accepted(self.apply_fn) if n in context}
         return self.apply_fn(params, *inputs, **extra, **kwargs)
 
 

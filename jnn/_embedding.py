@@ -7,9 +7,10 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jnn import initializers
-from jnn._checks import check_floating
+from jnn._checks import check_floating, check_positive_int, check_values, is_concrete
 from jnn._errors import DTypeError, ShapeError
 from jnn._module import Module, Params
 from jnn._scope import child_key
@@ -45,26 +46,39 @@ class Embedding(Module):
     Args:
       num_embeddings: Number of rows (the vocabulary size).
       features: Size of each vector.
+      padding_index: The id of a padding token (PyTorch's ``padding_idx``), or
+        ``None``. Its row starts at zero, its lookups always give zeros, and they send
+        no gradient to the table, so the row never trains. A negative index counts from
+        the end (``-1`` is ``num_embeddings - 1``), as in PyTorch. ``attend`` still
+        scores against that row, as PyTorch's tied ``F.linear(x, weight)`` does.
       w_init: Initializer of ``embedding``. The default draws from a normal
         distribution with standard deviation ``1 / sqrt(features)`` (as Flax does), so
         tied logits ``x @ embedding.T`` of a unit-scale ``x`` start at unit scale. For
         PyTorch's ``nn.Embedding`` (standard deviation 1) pass
-        ``jnn.initializers.normal(1.0)``.
+        ``jnn.initializers.normal(1.0)``. It receives ``fan_in=features``, the fan-in
+        PyTorch reads from a ``[num_embeddings, features]`` weight.
       param_dtype: Dtype of ``embedding``.
 
     Shapes:
       ``init`` takes integer ids ``[...]`` (any shape; only the dtype is read) and
       creates ``embedding`` ``[num_embeddings, features]``. ``apply`` maps ids
       ``[...]`` to ``[..., features]``; with ``attend=True`` it maps ``[..., features]``
-      to ``[..., num_embeddings]``.
+      to ``[..., num_embeddings]``. A lookup has no batch axis of its own: every axis of
+      the ids is kept.
 
-    Ids must lie in ``[0, num_embeddings)``. As in NumPy, negative ids count from the
-    end; ids out of range give rows of NaN, since a compiled function cannot raise.
+    Ids must lie in ``[0, num_embeddings)``; as in NumPy, negative ids down to
+    ``-num_embeddings`` count from the end. Concrete ids out of range raise a
+    ``ValueError`` that names the first bad id and where it is. Traced ids (under
+    ``jit``, ``grad`` or ``vmap``) cannot be checked without a host round trip on the
+    training path, so ids out of range give rows of NaN there, which show up in the
+    loss.
 
     Raises:
       DTypeError: If the ids are not integers, or the attended input is not floating
         point, or ``attend`` is not a Python bool.
       ShapeError: If the attended input's last dimension is not ``features``.
+      ValueError: If concrete ids are out of range, or ``padding_index`` is not in
+        ``[-num_embeddings, num_embeddings)``.
 
     Examples:
       >>> import jax, jax.numpy as jnp
@@ -79,18 +93,32 @@ class Embedding(Module):
       (2, 3, 4)
       >>> embed.apply(params, h, attend=True).shape
       (2, 3, 10)
+      >>> padded = Embedding(10, 4, padding_index=0)
+      >>> padded.apply(padded.init(jax.random.key(0), ids), ids)[1, 2].tolist()
+      [0.0, 0.0, 0.0, 0.0]
     """
 
     num_embeddings: int
     features: int
+    padding_index: int | None = None
     w_init: Callable = initializers.variance_scaling(1.0, "fan_in", "normal", out_axis=0)
     param_dtype: Any = jnp.float32
 
     def __post_init__(self):
         for name in ("num_embeddings", "features"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"Embedding: {name} must be a positive int, got {value!r}.")
+            check_positive_int(self, name, getattr(self, name))
+        n = self.num_embeddings
+        if self.padding_index is not None and not -n <= self.padding_index < n:
+            raise ValueError(
+                f"Embedding: padding_index must be in [-{n}, {n}) (num_embeddings {n}), "
+                f"got {self.padding_index}."
+            )
+
+    def _padding_row(self) -> int | None:
+        """``padding_index`` counted from the start, or ``None``."""
+        if self.padding_index is None:
+            return None
+        return self.padding_index % self.num_embeddings
 
     def init(self, key: jax.Array, ids: jax.Array, *, attend: Any = False) -> Params:
         # The generic params check calls init with apply's arguments, so ``attend=True``
@@ -98,8 +126,17 @@ class Embedding(Module):
         # on neither, and only plain lookups are checked.
         if isinstance(attend, bool) and not attend:
             self._check_ids(ids)
-        shape = (self.num_embeddings, self.features)
-        return {"embedding": self.w_init(child_key(key, "embedding"), shape, self.param_dtype)}
+        table = initializers.initialize(
+            self.w_init,
+            child_key(key, "embedding"),
+            (self.num_embeddings, self.features),
+            self.param_dtype,
+            fan_in=self.features,
+        )
+        row = self._padding_row()
+        if row is not None:
+            table = table.at[row].set(0)
+        return {"embedding": table}
 
     def check_inputs(self, params: Params, x: jax.Array, *, attend: Any = False) -> None:
         """Check the ids (or the attended input) before the generic params check."""
@@ -124,6 +161,22 @@ class Embedding(Module):
                 "the table use attend=True.",
             )
 
+    def _check_id_values(self, ids: Any) -> None:
+        """Raise for concrete ids out of ``[-num_embeddings, num_embeddings)``."""
+        if not is_concrete(ids):
+            return
+        values, n = np.asarray(ids), self.num_embeddings
+        bad = (values < -n) | (values >= n)
+        if bad.any():
+            where = tuple(int(i) for i in np.argwhere(bad)[0])
+            check_values(
+                self,
+                ~bad,
+                f"expected ids in [0, {n}) (num_embeddings {n}; negative ids down to "
+                f"-{n} count from the end), got {values[where]} at index {where} of ids "
+                f"of shape {values.shape} ({int(bad.sum())} out of range).",
+            )
+
     def _check_attended(self, x: jax.Array) -> None:
         check_floating(self, x, "attended input")
         if jnp.ndim(x) < 1 or jnp.shape(x)[-1] != self.features:
@@ -136,7 +189,18 @@ class Embedding(Module):
     def apply(self, params: Params, x: jax.Array, *, attend: bool = False) -> jax.Array:
         if attend:
             return self.attend(params, x)
-        return jnp.take(params["embedding"], x, axis=0, mode="fill")
+        self._check_id_values(x)
+        x = jnp.asarray(x)
+        rows = jnp.take(params["embedding"], x, axis=0, mode="fill")
+        row = self._padding_row()
+        if row is None:
+            return rows
+        # Masking the output (not the table) keeps the cost per id, and sends the
+        # padding row no gradient from lookups, as torch.nn.Embedding(padding_idx=...).
+        is_padding = x == row
+        if jnp.issubdtype(x.dtype, jnp.signedinteger):
+            is_padding |= x == row - self.num_embeddings
+        return jnp.where(is_padding[..., None], jnp.zeros((), rows.dtype), rows)
 
     def attend(self, params: Params, x: jax.Array) -> jax.Array:
         """Score ``x`` against every row: ``x @ embedding.T``, for tied output weights.

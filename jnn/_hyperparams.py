@@ -23,7 +23,7 @@ import numpy as np
 
 from jnn._calls import plain_signature
 
-__all__ = ["install_validation"]
+__all__ = ["install_validation", "canonical", "short_repr", "same"]
 
 _UNKNOWN = object()
 
@@ -205,3 +205,45 @@ def install_validation(cls: type) -> None:
 
     __init__._jnn_validated = cls
     cls.__init__ = __init__
+
+
+def _module_class() -> type:
+    from jnn._module import Module
+
+    return Module
+
+
+def canonical(value: Any) -> Any:
+    if isinstance(value, type) and (issubclass(value, np.generic) or hasattr(value, "dtype")):
+        try:
+            return np.dtype(value)
+        except TypeError:
+            return value
+    return value
+
+
+def same(a: Any, b: Any) -> bool:
+    try:
+        return bool(a is b or a == b)
+    except Exception:  # e.g. arrays, whose == is elementwise
+        return False
+
+
+def short_repr(value: Any) -> str:
+    if isinstance(value, _module_class() | tuple | list | str | int | float | bool | type(None)):
+        if isinstance(value, tuple | list):
+            inner = ", ".join(short_repr(v) for v in value)
+            return (
+                f"({inner},)"
+                if isinstance(value, tuple) and len(value) == 1
+                else (f"({inner})" if isinstance(value, tuple) else f"[{inner}]")
+            )
+        return repr(value)
+    if isinstance(value, functools.partial):
+        return f"partial({short_repr(value.func)}, ...)"
+    name = getattr(value, "__name__", None)
+    if callable(value) and name:
+        return name if name != "<lambda>" else "<lambda>"
+    if isinstance(value, type):
+        return value.__name__
+    return repr(value)

@@ -1,65 +1,168 @@
-r"""Loss functions with one interface: ``loss(predictions, targets, *, reduction="mean")``.
+r"""The interface every loss shares, and the checks of what losses and metrics receive.
 
-Each loss computes one value per example (per element for regression losses, per
-distribution over the last axis for classification losses) and then reduces them:
-``"mean"`` and ``"sum"`` return a scalar, ``"none"`` returns the per-example values.
-Shapes are checked in Python before anything runs, so a mismatch that broadcasting
-would hide (targets ``[32, 1]`` against predictions ``[32]``) fails with a clear message.
-The arithmetic builds on ``optax.losses``.
+Every loss is ``loss(predictions, targets, *, reduction="mean")``. It computes one value
+per example (per element for regression and binary losses, per distribution over the
+last axis for the softmax losses and the divergences) and then reduces them: ``"mean"``
+and ``"sum"`` return a scalar, ``"none"`` returns the per-example values.
+
+What each loss checks, and when:
+
+- Options (``reduction``, ``label_smoothing``, ``delta``, ``eps``) at the call: a wrong
+  kind raises ``TypeError``, a value out of range ``ValueError``.
+- Shapes and dtypes in Python before anything runs, so a mismatch that broadcasting
+  would hide (targets ``[32, 1]`` against predictions ``[32]``) fails with a message that
+  names the likely cause.
+- Values (a label past the last class, a "probability" of 3, a positive
+  log-probability) raise ``ValueError`` listing the offending entries when the arrays
+  are concrete. Under ``jit`` (or ``grad`` or ``vmap`` of them) a check would cost a
+  round trip to the host every step, so the affected examples' losses are NaN instead,
+  with no gradient: a reduced loss is then NaN too (with a zero gradient), never a
+  plausible wrong number. For good inputs the arithmetic is that of the unchecked loss:
+  the flag is applied to the reduced scalar.
+
+The arithmetic builds on ``optax.losses``. The losses themselves live in
+``_regression_losses``, ``_binary_losses``, ``_categorical_losses`` and ``_divergences``.
 """
 
 from __future__ import annotations
 
 import numbers
+from collections.abc import Callable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
+from jnn._checks import is_concrete
 from jnn._errors import DTypeError, ShapeError
 
-__all__ = [
-    "mean_squared_error",
-    "mean_absolute_error",
-    "huber",
-    "binary_cross_entropy",
-    "sigmoid_binary_cross_entropy",
-    "softmax_cross_entropy",
-    "softmax_cross_entropy_with_integer_labels",
-    "kl_divergence",
-]
-
 _REDUCTIONS = ("mean", "sum", "none")
+_SHOWN = 3  # offending entries quoted in a message
 
 
-# --------------------------------------------------------------------------- shared checks
+# --------------------------------------------------------------------------- options
 
 
-def _check_reduction(name: str, reduction: Any) -> None:
-    if not isinstance(reduction, str) or reduction not in _REDUCTIONS:
-        raise ValueError(f"{name}: expected reduction 'mean', 'sum' or 'none', got {reduction!r}.")
+def check_reduction(name: str, reduction: Any) -> None:
+    """Raise unless ``reduction`` is ``"mean"``, ``"sum"`` or ``"none"``."""
+    if isinstance(reduction, str) and reduction in _REDUCTIONS:
+        return
+    expected = f"{name}: expected reduction 'mean', 'sum' or 'none', got {reduction!r}."
+    if not isinstance(reduction, str):
+        hint = " Hint: for per-example values pass the string 'none'." if reduction is None else ""
+        raise TypeError(expected + hint)
+    hints = {
+        "batchmean": "'mean' already averages over examples (distributions), like PyTorch's "
+        "'batchmean'.",
+        "elementwise_mean": "use 'mean'.",
+    }
+    hint = hints.get(reduction) or (
+        f"the names are lower case: '{reduction.lower()}'."
+        if reduction.lower() in _REDUCTIONS
+        else ""
+    )
+    raise ValueError(expected + (f" Hint: {hint}" if hint else ""))
 
 
-def _reduce(values: jax.Array, reduction: str) -> jax.Array:
+def reduce(values: jax.Array, reduction: str, ok: jax.Array | None = None) -> jax.Array:
+    """Reduce ``values``; NaN where ``ok`` (from ``check_entries``, per example) is false.
+
+    A reduced loss is NaN if any example is bad. The flag is applied to the reduced
+    scalar, so for good inputs the reduction is the unchecked one.
+    """
+    if ok is not None and reduction == "none":
+        return nan_unless(ok, values)
     if reduction == "mean":
-        return jnp.mean(values)
-    if reduction == "sum":
-        return jnp.sum(values)
-    return values
+        reduced = jnp.mean(values)
+    elif reduction == "sum":
+        reduced = jnp.sum(values)
+    else:
+        return values
+    return reduced if ok is None else jnp.where(jnp.all(ok), reduced, jnp.nan)
 
 
-def _as_float(x: jax.typing.ArrayLike) -> jax.Array:
+def check_option(
+    name: str,
+    what: str,
+    value: Any,
+    low: float,
+    high: float,
+    *,
+    low_open: bool = False,
+    high_open: bool = False,
+    expected: str = "",
+) -> bool:
+    """Check a number option against its interval, e.g. ``[0, 1]`` or ``(0, inf)``.
+
+    Python and NumPy numbers and concrete JAX scalars are range-checked at once; a wrong
+    kind raises ``TypeError``, a value outside ``ValueError`` saying ``expected`` (by
+    default "{what} in {interval}"). Returns whether the value is traced (unknown until
+    run), in which case the caller answers an out-of-range value with NaN (``in_range``).
+    """
+    interval = f"{'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+    expected = expected or f"{what} in {interval}"
+    if isinstance(value, jax.Array | np.ndarray) and np.ndim(value) == 0:
+        if jnp.issubdtype(value.dtype, jnp.bool_) or not jnp.issubdtype(value.dtype, jnp.number):
+            raise TypeError(f"{name}: expected {what} to be a number, got dtype {value.dtype}.")
+        if not is_concrete(value):
+            return True
+        value = value.item()
+    if isinstance(value, bool | np.bool_) or not isinstance(value, numbers.Real):
+        raise TypeError(
+            f"{name}: expected {what} to be a number ({expected}), got {value!r} "
+            f"({type(value).__name__})."
+        )
+    if not in_range(value, low, high, low_open=low_open, high_open=high_open):
+        raise ValueError(f"{name}: expected {expected}, got {value!r}.")
+    return False
+
+
+def in_range(
+    value: Any, low: float, high: float, *, low_open: bool = False, high_open: bool = False
+) -> Any:
+    """Whether ``value`` lies in the interval: a bool, or a boolean array when traced."""
+    above = value > low if low_open else value >= low
+    below = value < high if high_open else value <= high
+    return above & below
+
+
+# --------------------------------------------------------------------------- dtypes and shapes
+
+
+def as_float(x: jax.typing.ArrayLike) -> jax.Array:
     """``x`` as an array, promoting integers and booleans to the default float dtype."""
     x = jnp.asarray(x)
     return x if jnp.issubdtype(x.dtype, jnp.inexact) else x.astype(jnp.result_type(x, float))
 
 
-def _check_same_shape(
-    name: str, reference: jax.Array, other: jax.Array, reference_what: str, other_what: str
+def floating_input(name: str, x: jax.typing.ArrayLike, what: str, hint: str) -> jax.Array:
+    """``x`` as an array, refusing integers and booleans where only scores make sense.
+
+    Integer "logits" are nearly always labels or predicted classes in the wrong place.
+    """
+    x = jnp.asarray(x)
+    if not jnp.issubdtype(x.dtype, jnp.inexact):
+        raise DTypeError(
+            name,
+            f"expected floating-point {what}, got dtype {x.dtype}. Hint: {hint} If they "
+            "really are scores, cast them first, e.g. x.astype(jnp.float32).",
+        )
+    return x
+
+
+def check_same_shape(
+    name: str,
+    reference: jax.Array,
+    other: jax.Array,
+    reference_what: str,
+    other_what: str,
+    cause: str = "",
 ) -> None:
-    """Elementwise losses refuse broadcasting: ``[32, 1]`` against ``[32]`` gives ``[32, 32]``."""
+    """Elementwise losses refuse broadcasting: ``[32, 1]`` against ``[32]`` gives ``[32, 32]``.
+
+    ``cause`` is appended to the message: the likely mistake, when the caller knows one.
+    """
     if reference.shape == other.shape:
         return
     if reference.size == other.size:
@@ -72,14 +175,21 @@ def _check_same_shape(
         broadcast = None
     if broadcast is not None:
         hint += f" Broadcasting is not applied: it would silently give shape {broadcast}."
+    if not cause and reference.shape == other.shape + (1,):
+        cause = (
+            f"{reference_what} of shape {reference.shape} come from a last layer with one "
+            f"output, e.g. Dense(1): use {reference_what}[..., 0]."
+        )
+    elif not cause and other.shape == reference.shape + (1,):
+        cause = f"drop the trailing axis of the {other_what}: {other_what}[..., 0]."
     raise ShapeError(
         name,
         f"expected {other_what} of shape {reference.shape} like the {reference_what}, "
-        f"got {other.shape}. Hint: {hint}",
+        f"got {other.shape}. Hint: {hint}" + (f" Likely cause: {cause}" if cause else ""),
     )
 
 
-def _check_has_class_axis(name: str, x: jax.Array, what: str) -> None:
+def check_has_class_axis(name: str, x: jax.Array, what: str) -> None:
     if x.ndim < 1:
         raise ShapeError(
             name,
@@ -87,392 +197,156 @@ def _check_has_class_axis(name: str, x: jax.Array, what: str) -> None:
         )
 
 
-def _check_in_range(name: str, what: str, value: Any, low: float, high: float) -> None:
-    """Range-check a Python or NumPy scalar option; traced values are taken on trust."""
-    if isinstance(value, numbers.Real) and not low <= value <= high:
-        raise ValueError(f"{name}: expected {what} in [{low}, {high}], got {value!r}.")
+# --------------------------------------------------------------------------- values
 
 
-# --------------------------------------------------------------------------- regression
+def _position(index: np.ndarray) -> str:
+    return str(int(index[0])) if len(index) == 1 else str(tuple(int(i) for i in index))
 
 
-def mean_squared_error(
-    predictions: jax.typing.ArrayLike,
-    targets: jax.typing.ArrayLike,
-    *,
-    reduction: str = "mean",
-) -> jax.Array:
-    r"""Squared error per element, reduced.
-
-    .. math:: \ell_i = (p_i - t_i)^2
-
-    Args:
-      predictions: Predictions of any shape ``[...]``.
-      targets: Targets of the same shape as ``predictions``.
-      reduction: ``"mean"`` (over all elements), ``"sum"`` or ``"none"``.
-
-    Returns:
-      A scalar, or the per-element losses ``[...]`` when ``reduction="none"``.
-
-    Raises:
-      ShapeError: If the two shapes differ (no broadcasting).
-      ValueError: If ``reduction`` is not one of the three names.
-
-    Examples:
-      >>> import jax.numpy as jnp
-      >>> from jnn import mean_squared_error
-      >>> float(mean_squared_error(jnp.array([1.0, 2.0]), jnp.array([1.0, 4.0])))
-      2.0
-    """
-    name = "mean_squared_error"
-    _check_reduction(name, reduction)
-    predictions, targets = _as_float(predictions), _as_float(targets)
-    _check_same_shape(name, predictions, targets, "predictions", "targets")
-    return _reduce(optax.losses.squared_error(predictions, targets), reduction)
+def _value(v: Any) -> str:
+    return str(int(v)) if np.issubdtype(np.asarray(v).dtype, np.integer) else f"{float(v):.4g}"
 
 
-def mean_absolute_error(
-    predictions: jax.typing.ArrayLike,
-    targets: jax.typing.ArrayLike,
-    *,
-    reduction: str = "mean",
-) -> jax.Array:
-    r"""Absolute error per element, reduced.
+def describe_entries(bad: np.ndarray, shown: np.ndarray, what: str) -> str:
+    """``"-1 at index 3, 7 at index 9 (2 of 32 labels)"``: the first offending entries."""
+    where = np.argwhere(bad)
+    parts = [f"{_value(shown[tuple(i)])} at index {_position(i)}" for i in where[:_SHOWN]]
+    if len(where) > _SHOWN:
+        parts.append("...")
+    return f"{', '.join(parts)} ({len(where)} of {bad.size} {what})"
 
-    .. math:: \ell_i = |p_i - t_i|
+
+def check_entries(
+    name: str,
+    ok: jax.Array,
+    shown: jax.typing.ArrayLike,
+    expected: str,
+    what: str,
+    hint: Callable[[np.ndarray], str] = lambda bad_values: "",
+) -> jax.Array | None:
+    """Raise ``ValueError`` listing the entries of ``shown`` where ``ok`` is false.
+
+    Only concrete arrays can be read; then ``None`` is returned once they pass. Under a
+    trace ``ok`` is returned, for the caller to give NaN where it is false (``nan_unless``).
 
     Args:
-      predictions: Predictions of any shape ``[...]``.
-      targets: Targets of the same shape as ``predictions``.
-      reduction: ``"mean"`` (over all elements), ``"sum"`` or ``"none"``.
-
-    Returns:
-      A scalar, or the per-element losses ``[...]`` when ``reduction="none"``.
-
-    Raises:
-      ShapeError: If the two shapes differ (no broadcasting).
-      ValueError: If ``reduction`` is not one of the three names.
-
-    Examples:
-      >>> import jax.numpy as jnp
-      >>> from jnn import mean_absolute_error
-      >>> float(mean_absolute_error(jnp.array([1.0, 2.0]), jnp.array([0.0, 4.0])))
-      1.5
+      ok: Booleans, one per entry checked.
+      shown: The values quoted in the message, of ``ok``'s shape.
+      expected: What was expected, e.g. ``"labels in [0, 10)"``.
+      what: What the entries are, plural, e.g. ``"labels"``.
+      hint: Builds the hint from the offending values (a 1-D NumPy array).
     """
-    name = "mean_absolute_error"
-    _check_reduction(name, reduction)
-    predictions, targets = _as_float(predictions), _as_float(targets)
-    _check_same_shape(name, predictions, targets, "predictions", "targets")
-    return _reduce(jnp.abs(predictions - targets), reduction)
+    if not is_concrete(ok):
+        return ok
+    ok = np.asarray(ok)
+    if ok.all():
+        return None
+    bad, shown = ~ok, np.asarray(shown)
+    text = hint(shown[bad])
+    raise ValueError(
+        f"{name}: expected {expected}, got {describe_entries(bad, shown, what)}."
+        + (f" Hint: {text}" if text else "")
+    )
 
 
-def huber(
-    predictions: jax.typing.ArrayLike,
-    targets: jax.typing.ArrayLike,
-    *,
-    delta: float = 1.0,
-    reduction: str = "mean",
-) -> jax.Array:
-    r"""Huber loss per element: quadratic near zero, linear beyond ``delta``, reduced.
+def nan_unless(ok: jax.Array | None, values: jax.Array) -> jax.Array:
+    """``values`` where ``ok`` (broadcast from the left-aligned batch axes), NaN elsewhere.
 
-    The same convention as PyTorch's ``HuberLoss``; with ``delta=1`` it equals the smooth
-    L1 loss.
-
-    .. math::
-      \ell_i = \begin{cases}
-        \tfrac12 d_i^2 & |d_i| \le \delta \\
-        \delta \, (|d_i| - \tfrac12 \delta) & \text{otherwise}
-      \end{cases}
-      \qquad d_i = p_i - t_i
-
-    Args:
-      predictions: Predictions of any shape ``[...]``.
-      targets: Targets of the same shape as ``predictions``.
-      delta: Positive threshold where the loss turns from quadratic to linear.
-      reduction: ``"mean"`` (over all elements), ``"sum"`` or ``"none"``.
-
-    Returns:
-      A scalar, or the per-element losses ``[...]`` when ``reduction="none"``.
-
-    Raises:
-      ShapeError: If the two shapes differ (no broadcasting).
-      ValueError: If ``reduction`` is unknown or ``delta`` is not positive.
-
-    Examples:
-      >>> import jax.numpy as jnp
-      >>> from jnn import huber
-      >>> huber(jnp.array([0.5, 3.0]), jnp.zeros(2), reduction="none").tolist()
-      [0.125, 2.5]
+    ``None`` means the values were checked and all passed: nothing to do.
     """
-    name = "huber"
-    _check_reduction(name, reduction)
-    if isinstance(delta, numbers.Real) and not delta > 0:
-        raise ValueError(f"{name}: expected a positive delta, got {delta!r}.")
-    predictions, targets = _as_float(predictions), _as_float(targets)
-    _check_same_shape(name, predictions, targets, "predictions", "targets")
-    return _reduce(optax.losses.huber_loss(predictions, targets, delta=delta), reduction)
+    if ok is None:
+        return values
+    ok = jnp.reshape(ok, ok.shape + (1,) * (values.ndim - ok.ndim))
+    return jnp.where(ok, values, jnp.asarray(jnp.nan, values.dtype))
 
 
-# --------------------------------------------------------------------------- binary
+def both(a: jax.Array | None, b: jax.Array | None) -> jax.Array | None:
+    """Combine two results of ``check_entries`` (``None``: checked and passed)."""
+    return b if a is None else a if b is None else a & b
 
 
-def binary_cross_entropy(
-    probabilities: jax.typing.ArrayLike,
-    targets: jax.typing.ArrayLike,
-    *,
-    eps: float = 1e-7,
-    reduction: str = "mean",
-) -> jax.Array:
-    r"""Binary cross-entropy per element, on probabilities, reduced.
+def check_labels(
+    name: str,
+    labels: jax.Array,
+    num_classes: int,
+    what: str = "labels",
+    padding_hint: str = (
+        "if negative labels mark padding to ignore, compute per-example values on "
+        "jnp.where(labels < 0, 0, labels) (reduction='none') and average them with the "
+        "mask labels >= 0."
+    ),
+) -> jax.Array | None:
+    """Class indices must lie in ``[0, num_classes)``; ``check_entries`` on them."""
 
-    Probabilities are clipped to ``[eps, 1 - eps]`` so that a confident wrong answer gives
-    a large finite loss instead of ``inf``. Prefer ``sigmoid_binary_cross_entropy`` on
-    logits: it is exact and stable without clipping.
-
-    .. math:: \ell_i = -\big(t_i \log p_i + (1 - t_i) \log(1 - p_i)\big)
-
-    Args:
-      probabilities: Predicted probabilities of the positive class, any shape ``[...]``.
-      targets: Targets in ``[0, 1]`` (hard or soft labels), same shape.
-      eps: Clipping margin, in ``[0, 0.5)``.
-      reduction: ``"mean"`` (over all elements), ``"sum"`` or ``"none"``.
-
-    Returns:
-      A scalar, or the per-element losses ``[...]`` when ``reduction="none"``.
-
-    Raises:
-      ShapeError: If the two shapes differ (no broadcasting).
-      ValueError: If ``reduction`` is unknown or ``eps`` is outside ``[0, 0.5)``.
-
-    Examples:
-      >>> import jax.numpy as jnp
-      >>> from jnn import binary_cross_entropy
-      >>> round(float(binary_cross_entropy(jnp.array([0.5, 0.5]), jnp.array([0, 1]))), 4)
-      0.6931
-    """
-    name = "binary_cross_entropy"
-    _check_reduction(name, reduction)
-    if isinstance(eps, numbers.Real) and not 0 <= eps < 0.5:
-        raise ValueError(f"{name}: expected eps in [0, 0.5), got {eps!r}.")
-    probabilities, targets = _as_float(probabilities), _as_float(targets)
-    _check_same_shape(name, probabilities, targets, "probabilities", "targets")
-    p = jnp.clip(probabilities, eps, 1 - eps)
-    values = -(targets * jnp.log(p) + (1 - targets) * jnp.log1p(-p))
-    return _reduce(values, reduction)
-
-
-def sigmoid_binary_cross_entropy(
-    logits: jax.typing.ArrayLike,
-    targets: jax.typing.ArrayLike,
-    *,
-    reduction: str = "mean",
-) -> jax.Array:
-    r"""Binary cross-entropy per element, on logits, reduced.
-
-    Equals ``binary_cross_entropy(sigmoid(logits), targets)`` but is computed in log
-    space, so it stays exact for large ``|logits|``. Each element is an independent
-    binary decision, which also covers multi-label classification ``[..., num_labels]``.
-
-    .. math:: \ell_i = -\big(t_i \log \sigma(z_i) + (1 - t_i) \log \sigma(-z_i)\big)
-
-    Args:
-      logits: Logits of the positive class, any shape ``[...]``.
-      targets: Targets in ``[0, 1]`` (hard or soft labels), same shape.
-      reduction: ``"mean"`` (over all elements), ``"sum"`` or ``"none"``.
-
-    Returns:
-      A scalar, or the per-element losses ``[...]`` when ``reduction="none"``.
-
-    Raises:
-      ShapeError: If the two shapes differ (no broadcasting).
-      ValueError: If ``reduction`` is not one of the three names.
-
-    Examples:
-      >>> import jax.numpy as jnp
-      >>> from jnn import sigmoid_binary_cross_entropy
-      >>> round(float(sigmoid_binary_cross_entropy(jnp.zeros(2), jnp.array([0, 1]))), 4)
-      0.6931
-    """
-    name = "sigmoid_binary_cross_entropy"
-    _check_reduction(name, reduction)
-    logits = _as_float(logits)
-    targets = jnp.asarray(targets)
-    _check_same_shape(name, logits, targets, "logits", "targets")
-    return _reduce(optax.losses.sigmoid_binary_cross_entropy(logits, targets), reduction)
-
-
-# --------------------------------------------------------------------------- categorical
-
-
-def softmax_cross_entropy(
-    logits: jax.typing.ArrayLike,
-    targets: jax.typing.ArrayLike,
-    *,
-    label_smoothing: float = 0.0,
-    reduction: str = "mean",
-) -> jax.Array:
-    r"""Cross-entropy between ``softmax(logits)`` and target distributions, reduced.
-
-    Targets are one-hot or soft labels over the last axis. With label smoothing ``a``
-    the targets become ``(1 - a) * targets + a / num_classes``, as in PyTorch's
-    ``CrossEntropyLoss(label_smoothing=a)``.
-
-    .. math:: \ell_b = -\sum_c t_{bc} \log \operatorname{softmax}(z_b)_c
-
-    Args:
-      logits: Unnormalized log-probabilities ``[..., num_classes]``.
-      targets: Probabilities ``[..., num_classes]``, each row summing to 1.
-      label_smoothing: Smoothing ``a`` in ``[0, 1]``.
-      reduction: ``"mean"`` (over the batch axes ``[...]``), ``"sum"`` or ``"none"``.
-
-    Returns:
-      A scalar, or the per-example losses ``[...]`` when ``reduction="none"``.
-
-    Raises:
-      ShapeError: If ``targets`` differs in shape from ``logits``, or ``logits`` is 0-D.
-      ValueError: If ``reduction`` is unknown or ``label_smoothing`` is outside ``[0, 1]``.
-
-    Examples:
-      >>> import jax.numpy as jnp
-      >>> from jnn import softmax_cross_entropy
-      >>> logits = jnp.zeros((2, 4))
-      >>> round(float(softmax_cross_entropy(logits, jnp.eye(4)[:2])), 4)  # log(4)
-      1.3863
-    """
-    name = "softmax_cross_entropy"
-    _check_reduction(name, reduction)
-    _check_in_range(name, "label_smoothing", label_smoothing, 0, 1)
-    logits, targets = _as_float(logits), _as_float(targets)
-    _check_has_class_axis(name, logits, "logits")
-    if targets.shape != logits.shape:
-        if targets.shape == logits.shape[:-1]:
-            hint = (
-                "for integer class labels use softmax_cross_entropy_with_integer_labels, "
-                f"or one-hot encode them with jax.nn.one_hot(labels, {logits.shape[-1]})."
+    def hint(bad: np.ndarray) -> str:
+        if bad.min() >= 0 and bad.max() == num_classes:
+            return (
+                f"labels run from 1 to {num_classes}? They are 0-based class indices: "
+                "pass labels - 1."
             )
-        else:
-            hint = "targets hold one probability per class, like the logits."
-        raise ShapeError(
-            name,
-            f"expected targets of shape {logits.shape} like the logits, got {targets.shape}. "
-            f"Hint: {hint}",
+        if bad.min() < 0:
+            return padding_hint
+        return (
+            f"the scores have {num_classes} classes on their last axis; does the model's "
+            "last layer output one score per class?"
         )
-    if not (isinstance(label_smoothing, numbers.Real) and label_smoothing == 0):
-        targets = optax.losses.smooth_labels(targets, label_smoothing)
-    return _reduce(optax.losses.softmax_cross_entropy(logits, targets), reduction)
+
+    ok = (labels >= 0) & (labels < num_classes)
+    expected = (
+        f"{what} in [0, {num_classes}) (the logits have {num_classes} classes on their last axis)"
+    )
+    return check_entries(name, ok, labels, expected, what, hint)
 
 
-def softmax_cross_entropy_with_integer_labels(
-    logits: jax.typing.ArrayLike,
-    labels: jax.typing.ArrayLike,
-    *,
-    label_smoothing: float = 0.0,
-    reduction: str = "mean",
-) -> jax.Array:
-    r"""Cross-entropy between ``softmax(logits)`` and integer class labels, reduced.
+def sum_tolerance(dtype: Any, n: int) -> float:
+    """Slack for rounding in a sum of ``n`` terms of ``dtype`` near 1: at least 1e-3."""
+    return max(1e-3, 4 * n * float(jnp.finfo(dtype).eps))
 
-    Gives the same values as ``softmax_cross_entropy`` with one-hot targets, without
-    building them when ``label_smoothing`` is 0. Labels outside ``[0, num_classes)``
-    cannot be checked under ``jit`` and give meaningless values.
 
-    .. math:: \ell_b = -\log \operatorname{softmax}(z_b)_{y_b}
+def log_tolerance(dtype: Any) -> float:
+    """Slack above 0 for a log-probability rounded up (``log`` of ``1 + eps``)."""
+    return 4 * float(jnp.finfo(dtype).eps)
 
-    Args:
-      logits: Unnormalized log-probabilities ``[..., num_classes]``.
-      labels: Integer class indices ``[...]``, i.e. of shape ``logits.shape[:-1]``.
-      label_smoothing: Smoothing ``a`` in ``[0, 1]``; the target of each example becomes
-        ``(1 - a) * one_hot(label) + a / num_classes``, as in PyTorch.
-      reduction: ``"mean"`` (over the batch axes ``[...]``), ``"sum"`` or ``"none"``.
 
-    Returns:
-      A scalar, or the per-example losses ``[...]`` when ``reduction="none"``.
+def check_distributions(
+    name: str, probabilities: jax.Array, what: str, negative_hint: str
+) -> jax.Array | None:
+    """Each row (last axis) must be non-negative and sum to 1, or to 0 (a masked example).
 
-    Raises:
-      ShapeError: If ``labels`` is not of shape ``logits.shape[:-1]``.
-      DTypeError: If ``labels`` is not of an integer dtype (a ``TypeError``).
-      ValueError: If ``reduction`` is unknown or ``label_smoothing`` is outside ``[0, 1]``.
-
-    Examples:
-      >>> import jax.numpy as jnp
-      >>> from jnn import softmax_cross_entropy_with_integer_labels
-      >>> logits = jnp.array([[2.0, 0.0, 0.0], [0.0, 0.0, 0.0]])
-      >>> losses = softmax_cross_entropy_with_integer_labels(
-      ...     logits, jnp.array([0, 2]), reduction="none")
-      >>> [round(v, 4) for v in losses.tolist()]
-      [0.2395, 1.0986]
+    ``check_entries`` on the entries, then on the row sums; under a trace, the booleans
+    per row ``[...]`` for ``nan_unless``. NaN passes: it stays NaN, nothing is hidden.
     """
-    name = "softmax_cross_entropy_with_integer_labels"
-    _check_reduction(name, reduction)
-    _check_in_range(name, "label_smoothing", label_smoothing, 0, 1)
-    logits, labels = _as_float(logits), jnp.asarray(labels)
-    _check_has_class_axis(name, logits, "logits")
-    if labels.shape != logits.shape[:-1]:
-        if labels.shape == logits.shape:
-            hint = "for one-hot or soft targets use softmax_cross_entropy."
-        elif labels.shape == logits.shape[:-1] + (1,):
-            hint = "drop the trailing axis, e.g. labels.squeeze(-1)."
-        else:
-            hint = "labels hold one class index per example."
-        raise ShapeError(
-            name,
-            f"expected labels of shape {logits.shape[:-1]} (the logits' shape without the "
-            f"class axis), got {labels.shape}. Hint: {hint}",
-        )
-    if not jnp.issubdtype(labels.dtype, jnp.integer):
-        raise DTypeError(
-            name,
-            f"expected integer labels, got dtype {labels.dtype}. "
-            "Hint: cast class indices with labels.astype(jnp.int32); for one-hot or soft "
-            "targets use softmax_cross_entropy.",
-        )
-    if isinstance(label_smoothing, numbers.Real) and label_smoothing == 0:
-        values = optax.losses.softmax_cross_entropy_with_integer_labels(logits, labels)
-    else:
-        targets = jax.nn.one_hot(labels, logits.shape[-1], dtype=logits.dtype)
-        targets = optax.losses.smooth_labels(targets, label_smoothing)
-        values = optax.losses.softmax_cross_entropy(logits, targets)
-    return _reduce(values, reduction)
 
+    def sum_hint(sums: np.ndarray) -> str:
+        values = np.asarray(probabilities)
+        if sums.max() > 1 and np.all((values == 0) | (values == 1)):
+            return (
+                "rows with several 1s are several labels per example (multi-label): use "
+                "sigmoid_binary_cross_entropy, one binary decision per class."
+            )
+        return f"normalise them, e.g. {what} / {what}.sum(-1, keepdims=True)."
 
-def kl_divergence(
-    log_predictions: jax.typing.ArrayLike,
-    targets: jax.typing.ArrayLike,
-    *,
-    reduction: str = "mean",
-) -> jax.Array:
-    r"""Kullback-Leibler divergence ``KL(targets || predictions)`` per distribution, reduced.
-
-    The first argument is in log space and the second is not, the convention of PyTorch's
-    ``KLDivLoss``: ``kl_divergence(log_p, t, reduction="none")`` equals
-    ``KLDivLoss(reduction="none")(log_p, t).sum(-1)``. Terms where a target is 0
-    contribute 0. For ``"mean"`` the average is over distributions, not over elements, so
-    it matches PyTorch's ``reduction="batchmean"`` on 2-D inputs rather than ``"mean"``.
-
-    .. math:: \ell_b = \sum_c t_{bc} \, (\log t_{bc} - \log p_{bc})
-
-    Args:
-      log_predictions: Log-probabilities ``[..., num_classes]``, e.g. from
-        ``jax.nn.log_softmax``.
-      targets: Probabilities ``[..., num_classes]``, same shape.
-      reduction: ``"mean"`` (over the batch axes ``[...]``), ``"sum"`` or ``"none"``.
-
-    Returns:
-      A scalar, or the per-distribution divergences ``[...]`` when ``reduction="none"``.
-
-    Raises:
-      ShapeError: If the two shapes differ, or the inputs are 0-D.
-      ValueError: If ``reduction`` is not one of the three names.
-
-    Examples:
-      >>> import jax.numpy as jnp
-      >>> from jnn import kl_divergence
-      >>> log_p = jnp.log(jnp.array([0.5, 0.5]))
-      >>> round(float(kl_divergence(log_p, jnp.array([1.0, 0.0]))), 4)  # log(2)
-      0.6931
-    """
-    name = "kl_divergence"
-    _check_reduction(name, reduction)
-    log_predictions, targets = _as_float(log_predictions), _as_float(targets)
-    _check_has_class_axis(name, log_predictions, "log_predictions")
-    _check_same_shape(name, log_predictions, targets, "log_predictions", "targets")
-    return _reduce(optax.losses.kl_divergence(log_predictions, targets), reduction)
+    entries = check_entries(
+        name,
+        ~(probabilities < 0),
+        probabilities,
+        f"{what} >= 0 (probabilities)",
+        what,
+        lambda bad: negative_hint,
+    )
+    sums = jnp.sum(probabilities, axis=-1)
+    tol = sum_tolerance(probabilities.dtype, probabilities.shape[-1])
+    rows = check_entries(
+        name,
+        ~((jnp.abs(sums - 1) > tol) & (sums != 0)),
+        sums,
+        f"{what} summing to 1 over the last axis (within {tol:.0e}; a row of zeros masks "
+        "its example)",
+        "row sums",
+        sum_hint,
+    )
+    if entries is None:
+        return rows
+    entries = jnp.all(entries, axis=-1)
+    return entries if rows is None else entries & rows

@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jnn._errors import DTypeError, ShapeError
+from jnn._losses import both, check_entries, check_labels, reduce
 
 __all__ = ["accuracy", "top_k_accuracy", "confusion_matrix", "Mean"]
 
@@ -26,8 +27,17 @@ def _with_class_axis(shape: tuple[int, ...]) -> str:
     return "(" + ", ".join([*map(str, shape), "num_classes"]) + ")"
 
 
-def _predicted_classes(name: str, predictions: jax.Array, labels: jax.Array) -> jax.Array:
-    """Class indices ``[...]`` from logits ``[..., num_classes]`` or from indices ``[...]``."""
+_PADDING_HINT = (
+    "drop padded examples first, or average the hits (predicted == labels) with "
+    "jnn.Mean.empty().update(hits, weights=labels >= 0)."
+)
+
+
+def _predicted_classes(
+    name: str, predictions: jax.Array, labels: jax.Array
+) -> tuple[jax.Array, int | None]:
+    """Class indices ``[...]`` from logits ``[..., num_classes]`` or from indices ``[...]``,
+    and the number of classes when logits tell it."""
     _check_integer(
         name,
         labels,
@@ -35,21 +45,47 @@ def _predicted_classes(name: str, predictions: jax.Array, labels: jax.Array) -> 
         "labels are class indices; for one-hot labels pass labels.argmax(-1).",
     )
     if predictions.ndim == labels.ndim + 1 and predictions.shape[:-1] == labels.shape:
-        return jnp.argmax(predictions, axis=-1)
+        return jnp.argmax(predictions, axis=-1), predictions.shape[-1]
     if predictions.shape == labels.shape:
+        one_hot = (
+            "if the labels are one-hot [..., num_classes], pass labels.argmax(-1); "
+            if labels.ndim >= 2
+            else ""
+        )
         _check_integer(
             name,
             predictions,
             "predictions when they have the labels' shape",
-            "pass logits [..., num_classes], or class indices; for binary probabilities "
-            "pass (probabilities > 0.5).astype(jnp.int32).",
+            f"{one_hot}pass logits [..., num_classes], or class indices; for binary "
+            "probabilities pass (probabilities > 0.5).astype(jnp.int32).",
         )
-        return predictions
+        return predictions, None
     raise ShapeError(
         name,
         f"expected logits of shape {_with_class_axis(labels.shape)} or class indices of "
         f"shape {labels.shape} for labels of shape {labels.shape}, got {predictions.shape}.",
     )
+
+
+def _check_classes(
+    name: str, labels: jax.Array, predicted: jax.Array, num_classes: int | None
+) -> jax.Array | None:
+    """Labels in ``[0, num_classes)`` (or at least non-negative, with class indices given
+    for predictions): ``check_entries``, so the booleans per example under a trace."""
+    if num_classes is not None:
+        return check_labels(name, labels, num_classes, padding_hint=_PADDING_HINT)
+    ok = check_entries(
+        name,
+        labels >= 0,
+        labels,
+        "labels >= 0 (class indices)",
+        "labels",
+        lambda bad: _PADDING_HINT,
+    )
+    predicted_ok = check_entries(
+        name, predicted >= 0, predicted, "predictions >= 0 (class indices)", "predictions"
+    )
+    return both(ok, predicted_ok)
 
 
 def accuracy(
@@ -61,6 +97,10 @@ def accuracy(
     argmax over the last axis is the prediction, or predicted class indices ``[...]``.
     Among tied logits the lowest class index is predicted.
 
+    Labels must lie in ``[0, num_classes)`` with logits (be non-negative with class
+    indices). Concrete labels outside raise, naming them; under ``jit`` the result is NaN
+    instead, never an accuracy that counts them as plain misses.
+
     Args:
       logits_or_predictions: Logits ``[..., num_classes]`` or integer predictions ``[...]``.
       labels: Integer class indices ``[...]``.
@@ -71,6 +111,7 @@ def accuracy(
     Raises:
       ShapeError: If the shapes match neither form.
       DTypeError: If ``labels`` (or predictions of the labels' shape) are not integers.
+      ValueError: If concrete labels (or predicted indices) are out of range.
 
     Examples:
       >>> import jax.numpy as jnp
@@ -79,9 +120,11 @@ def accuracy(
       >>> float(accuracy(logits, jnp.array([0, 1, 1])))
       0.6666666865348816
     """
+    name = "accuracy"
     predictions, labels = jnp.asarray(logits_or_predictions), jnp.asarray(labels)
-    predicted = _predicted_classes("accuracy", predictions, labels)
-    return jnp.mean(predicted == labels, dtype=jnp.float32)
+    predicted, num_classes = _predicted_classes(name, predictions, labels)
+    ok = _check_classes(name, labels, predicted, num_classes)
+    return reduce((predicted == labels).astype(jnp.float32), "mean", ok)
 
 
 def top_k_accuracy(
@@ -89,7 +132,8 @@ def top_k_accuracy(
 ) -> jax.Array:
     """Fraction of examples whose label is among the ``k`` largest logits.
 
-    Ties are broken towards the lower class index, as ``jax.lax.top_k`` does.
+    Ties are broken towards the lower class index, as ``jax.lax.top_k`` does. Concrete
+    labels outside ``[0, num_classes)`` raise; under ``jit`` they make the result NaN.
 
     Args:
       logits: Logits or probabilities ``[..., num_classes]``.
@@ -102,7 +146,8 @@ def top_k_accuracy(
     Raises:
       ShapeError: If ``labels`` is not of shape ``logits.shape[:-1]``.
       DTypeError: If ``labels`` is not of an integer dtype.
-      ValueError: If ``k`` is not an int in ``[1, num_classes]``.
+      ValueError: If ``k`` is not in ``[1, num_classes]`` (``TypeError`` if not an int),
+        or concrete labels lie outside ``[0, num_classes)``.
 
     Examples:
       >>> import jax.numpy as jnp
@@ -114,21 +159,33 @@ def top_k_accuracy(
     name = "top_k_accuracy"
     logits, labels = jnp.asarray(logits), jnp.asarray(labels)
     if logits.ndim < 1 or logits.shape[:-1] != labels.shape:
+        hint = (
+            " Hint: top-k needs a score for every class, not predicted classes."
+            if logits.shape == labels.shape
+            else ""
+        )
         raise ShapeError(
             name,
             f"expected logits of shape {_with_class_axis(labels.shape)} for labels of shape "
-            f"{labels.shape}, got {logits.shape}.",
+            f"{labels.shape}, got {logits.shape}.{hint}",
         )
     _check_integer(name, labels, "labels", "labels are class indices, e.g. labels.argmax(-1).")
     num_classes = logits.shape[-1]
-    if not isinstance(k, int | np.integer) or isinstance(k, bool) or not 1 <= k <= num_classes:
-        raise ValueError(
-            f"{name}: expected k to be an int in [1, {num_classes}] (the number of classes), "
-            f"got {k!r}."
+    expected = f"{name}: expected k to be an int in [1, {num_classes}] (the number of classes)"
+    if not isinstance(k, int | np.integer) or isinstance(k, bool | np.bool_):
+        raise TypeError(f"{expected}, got {k!r} ({type(k).__name__}).")
+    if not 1 <= k <= num_classes:
+        hint = (
+            f" Hint: the logits have {num_classes} classes on their last axis, so at most "
+            f"k={num_classes} (which always hits)."
+            if k > num_classes
+            else ""
         )
+        raise ValueError(f"{expected}, got {k!r}.{hint}")
+    ok = check_labels(name, labels, num_classes, padding_hint=_PADDING_HINT)
     _, top = jax.lax.top_k(logits, int(k))
     hits = jnp.any(top == labels[..., None], axis=-1)
-    return jnp.mean(hits, dtype=jnp.float32)
+    return reduce(hits.astype(jnp.float32), "mean", ok)
 
 
 def confusion_matrix(
@@ -142,7 +199,8 @@ def confusion_matrix(
     Entry ``[i, j]`` counts examples with label ``i`` predicted as class ``j``: rows are
     true labels and columns predictions, the layout of scikit-learn's
     ``confusion_matrix``. The diagonal holds the correct predictions. Pairs with a label
-    or prediction outside ``[0, num_classes)`` are not counted. Works under ``jit`` with
+    or prediction outside ``[0, num_classes)`` are not counted (so a label of -1 can mark
+    padding), by design; logits must have ``num_classes`` classes. Works under ``jit`` with
     ``num_classes`` static, e.g. ``jax.jit(confusion_matrix, static_argnames="num_classes")``.
 
     Args:
@@ -155,9 +213,10 @@ def confusion_matrix(
       An int32 matrix ``[num_classes, num_classes]``.
 
     Raises:
-      ShapeError: If the shapes match neither form.
+      ShapeError: If the shapes match neither form, or logits do not have
+        ``num_classes`` classes.
       DTypeError: If ``labels`` (or predictions of the labels' shape) are not integers.
-      ValueError: If ``num_classes`` is not a positive int.
+      ValueError: If ``num_classes`` is not positive (``TypeError`` if not an int).
 
     Examples:
       >>> import jax.numpy as jnp
@@ -166,14 +225,23 @@ def confusion_matrix(
       [[1, 1], [0, 1]]
     """
     name = "confusion_matrix"
-    if (
-        not isinstance(num_classes, int | np.integer)
-        or isinstance(num_classes, bool)
-        or num_classes < 1
-    ):
+    if not isinstance(num_classes, int | np.integer) or isinstance(num_classes, bool | np.bool_):
+        raise TypeError(
+            f"{name}: expected num_classes to be a positive int, got {num_classes!r} "
+            f"({type(num_classes).__name__})."
+        )
+    if num_classes < 1:
         raise ValueError(f"{name}: expected num_classes to be a positive int, got {num_classes!r}.")
     predictions, labels = jnp.asarray(predictions_or_logits), jnp.asarray(labels)
-    predicted = _predicted_classes(name, predictions, labels).ravel()
+    predicted, classes = _predicted_classes(name, predictions, labels)
+    if classes is not None and classes != num_classes:
+        raise ShapeError(
+            name,
+            f"expected logits with num_classes={num_classes} classes on the last axis, got "
+            f"shape {predictions.shape}. Hint: pass num_classes={classes}, or the matrix would "
+            "silently drop the classes beyond it.",
+        )
+    predicted = predicted.ravel()
     labels = labels.ravel()
     valid = (labels >= 0) & (labels < num_classes) & (predicted >= 0) & (predicted < num_classes)
     # Invalid pairs still scatter, but add 0, so negative indices wrapping around is harmless.

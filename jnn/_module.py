@@ -28,101 +28,20 @@ from collections.abc import Callable, Mapping
 from typing import Any, dataclass_transform
 
 import jax
-import jax.numpy as jnp
-import numpy as np
 
-from jnn._calls import call_error, public_signature
+from jnn._calls import accepted, call_error, init_kwargs, public_signature
 from jnn._checks import check_array_inputs, check_key, check_params_leaves
 from jnn._errors import DTypeError, LayerError, ParamsError, layer_name
-from jnn._hyperparams import install_validation
+from jnn._hyperparams import canonical, install_validation, same, short_repr
+from jnn._params_check import compare_trees, expected_trees, leaf_paths
 from jnn._scope import Params, Scope, State, apply_composite, init_composite, specs
 
 __all__ = ["Module", "Params", "State", "Shape"]
 
 Shape = tuple[int, ...]
 
-_CONTEXT_ARGS = ("state", "key", "is_training")
-
 
 # --------------------------------------------------------------------------- helpers
-
-
-@functools.lru_cache(maxsize=1024)
-def _accepted(fn: Callable) -> frozenset[str]:
-    """Which of ``state``, ``key``, ``is_training`` the function ``fn`` takes by name."""
-    try:
-        parameters = inspect.signature(fn).parameters
-    except (TypeError, ValueError):
-        return frozenset()
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
-        return frozenset(a for a in _CONTEXT_ARGS if a != "state") | (
-            {"state"} if "state" in parameters else set()
-        )
-    return frozenset(a for a in _CONTEXT_ARGS if a in parameters)
-
-
-@functools.lru_cache(maxsize=1024)
-def _takes_keyword(fn: Callable, name: str) -> bool:
-    try:
-        parameters = inspect.signature(fn).parameters
-    except (TypeError, ValueError):
-        return True
-    if name in parameters:
-        return parameters[name].kind is not inspect.Parameter.POSITIONAL_ONLY
-    return any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
-
-
-def init_kwargs(module: Any, kwargs: dict) -> dict:
-    """The keywords of ``apply`` that ``init`` takes: those its ``init`` names.
-
-    A layer's ``apply`` may take keywords (a mask, a cache) that shape nothing; its
-    ``init`` need not accept them, at any depth of nesting.
-    """
-    cls = type(module)
-    raw_init = cls._raw_init_with_state or cls._raw_init
-    if raw_init is None or not kwargs:
-        return kwargs
-    return {k: v for k, v in kwargs.items() if _takes_keyword(raw_init, k)}
-
-
-def _leaf_paths(tree: Any) -> dict[str, Any]:
-    flat, _ = jax.tree_util.tree_flatten_with_path(tree)
-    return {"/".join(_key_str(k) for k in path): leaf for path, leaf in flat}
-
-
-def _key_str(k: Any) -> str:
-    for attr in ("key", "name", "idx"):
-        if hasattr(k, attr):
-            return str(getattr(k, attr))
-    return str(k)
-
-
-def _compare_trees(module: Any, what: str, actual: Any, expected: Any, inputs: Any) -> None:
-    """Raise ``ParamsError`` at the first missing, extra or mis-shaped leaf."""
-    check_params_leaves(module, actual, what)
-    got, want = _leaf_paths(actual), _leaf_paths(expected)
-    missing = [p for p in want if p not in got]
-    extra = [p for p in got if p not in want]
-    if missing or extra:
-        parts = []
-        if missing:
-            parts.append(f"missing {what} {missing}")
-        if extra:
-            parts.append(f"unexpected {what} {extra}")
-        raise ParamsError(
-            layer_name(module),
-            f"{' and '.join(parts)}; expected the keys {sorted(want)}.",
-        )
-    for path, spec in want.items():
-        shape = tuple(jnp.shape(got[path]))
-        if shape != tuple(spec.shape):
-            shapes = [tuple(jnp.shape(x)) for x in jax.tree.leaves(inputs)]
-            raise ParamsError(
-                layer_name(module),
-                f"{what} '{path}' has shape {shape}, but inputs of shape "
-                f"{', '.join(map(str, shapes))} need {tuple(spec.shape)}. "
-                "Hint: were these params made by init with inputs of another shape?",
-            )
 
 
 def _public(cls: type, name: str, raw: Callable | None) -> Callable:
@@ -218,7 +137,7 @@ class Module:
         # dataclass equality says Dense(param_dtype=jnp.float32) equals
         # Dense(param_dtype=np.dtype("float32")); the hash must agree, so hash dtypes by
         # their canonical form.
-        values = tuple(_canonical(getattr(self, f.name)) for f in dataclasses.fields(self))
+        values = tuple(canonical(getattr(self, f.name)) for f in dataclasses.fields(self))
         return hash((type(self), values))
 
     def __repr__(self) -> str:
@@ -227,9 +146,9 @@ class Module:
             if not field.repr:
                 continue
             value = getattr(self, field.name)
-            if field.default is not dataclasses.MISSING and _same(value, field.default):
+            if field.default is not dataclasses.MISSING and same(value, field.default):
                 continue
-            shown.append(f"{field.name}={_short_repr(value)}")
+            shown.append(f"{field.name}={short_repr(value)}")
         return f"{type(self).__name__}({', '.join(shown)})"
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
@@ -270,7 +189,7 @@ class Module:
         if state:
             raise ParamsError(
                 layer_name(self),
-                f"this model has non-trainable state {sorted(_leaf_paths(state))}, which "
+                f"this model has non-trainable state {sorted(leaf_paths(state))}, which "
                 "init would drop. Use params, state = model.init_with_state(key, ...), "
                 "then model.apply(params, ..., state=state).",
             )
@@ -371,66 +290,10 @@ def _call(module: Any, method: str, fn: Callable, args: tuple, kwargs: dict) -> 
         raise better from None
 
 
-def _canonical(value: Any) -> Any:
-    if isinstance(value, type) and (issubclass(value, np.generic) or hasattr(value, "dtype")):
-        try:
-            return np.dtype(value)
-        except TypeError:
-            return value
-    return value
-
-
-def _same(a: Any, b: Any) -> bool:
-    try:
-        return bool(a is b or a == b)
-    except Exception:  # e.g. arrays, whose == is elementwise
-        return False
-
-
-def _short_repr(value: Any) -> str:
-    if isinstance(value, Module | tuple | list | str | int | float | bool | type(None)):
-        if isinstance(value, tuple | list):
-            inner = ", ".join(_short_repr(v) for v in value)
-            return (
-                f"({inner},)"
-                if isinstance(value, tuple) and len(value) == 1
-                else (f"({inner})" if isinstance(value, tuple) else f"[{inner}]")
-            )
-        return repr(value)
-    if isinstance(value, functools.partial):
-        return f"partial({_short_repr(value.func)}, ...)"
-    name = getattr(value, "__name__", None)
-    if callable(value) and name:
-        return name if name != "<lambda>" else "<lambda>"
-    if isinstance(value, type):
-        return value.__name__
-    return repr(value)
-
-
-def _expected_trees(module: Module, inputs: Any, kwargs: Any) -> tuple[Any, Any]:
-    """Shapes of the params and state that ``init`` would create for these inputs."""
-    inputs, kwargs = specs(inputs), specs(init_kwargs(module, kwargs))
-    try:
-        return _expected_cached(module, inputs, tuple(sorted(kwargs.items())))
-    except TypeError:  # an unhashable hyperparameter or input
-        return _expected_uncached(module, inputs, kwargs)
-
-
-@functools.lru_cache(maxsize=2048)
-def _expected_cached(module: Module, inputs: tuple, kwargs: tuple) -> tuple[Any, Any]:
-    return _expected_uncached(module, inputs, dict(kwargs))
-
-
-def _expected_uncached(module: Module, inputs: tuple, kwargs: dict) -> tuple[Any, Any]:
-    return jax.eval_shape(
-        lambda xs, kw: module.init_with_state(jax.random.key(0), *xs, **kw), inputs, kwargs
-    )
-
-
 def _context(cls: type, state: Any, key: Any, is_training: bool) -> dict:
     """The context arguments a leaf's own ``apply`` takes by name."""
     context = {"state": state, "key": key, "is_training": is_training}
-    return {name: context[name] for name in _accepted(cls._raw_apply)}
+    return {name: context[name] for name in accepted(cls._raw_apply)}
 
 
 def apply_raw(module, params, inputs, state, key, is_training, kwargs):
@@ -459,8 +322,8 @@ def _apply_leaf(module, params, inputs, state, key, is_training, kwargs):
     check = getattr(module, "check_inputs", None)
     if check is not None:
         check(params, *inputs, **kwargs)
-    expected_params, expected_state = _expected_trees(module, inputs, kwargs)
-    _compare_trees(module, "params", params, expected_params, inputs)
+    expected_params, expected_state = expected_trees(module, inputs, kwargs)
+    compare_trees(module, "params", params, expected_params, inputs)
     if state is not None:
-        _compare_trees(module, "state", state, expected_state, inputs)
+        compare_trees(module, "state", state, expected_state, inputs)
     return apply_raw(module, params, inputs, state, key, is_training, kwargs)

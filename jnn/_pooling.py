@@ -1,8 +1,8 @@
-"""Pooling over 1, 2 or 3 spatial axes, channels last, and the layers that reshape.
+"""Windowed pooling over 1, 2 or 3 spatial axes, channels last: ``MaxPool``, ``AvgPool``.
 
-``MaxPool`` and ``AvgPool`` slide a window; ``GlobalMaxPool`` and ``GlobalAvgPool``
-reduce every spatial axis; ``Flatten`` and ``Reshape`` change the shape of each example.
-None of them has parameters: ``init`` returns ``{}``.
+A window slides over the input at a stride; each output reduces one window. Pools that
+fix the output size instead are in ``_adaptive_pooling``. None has parameters: ``init``
+checks the sample and returns ``{}``.
 """
 
 from __future__ import annotations
@@ -14,13 +14,20 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jnn._checks import check_floating
-from jnn._errors import ShapeError
 from jnn._module import Module, Params, Shape
+from jnn._spatial import (
+    Pairs,
+    batch_one,
+    check_padding,
+    check_spatial_input,
+    freeze,
+    freeze_padding,
+    is_int,
+    per_axis,
+    resolve_padding,
+)
 
-__all__ = ["MaxPool", "AvgPool", "GlobalMaxPool", "GlobalAvgPool", "Flatten", "Reshape"]
-
-from jnn._spatial import _AXES, Pairs, _freeze, _is_int, _pairs, _per_axis
+__all__ = ["MaxPool", "AvgPool"]
 
 
 def _tiles(x: jax.Array, window: Shape, stride: Shape, pads: Pairs) -> jax.Array | None:
@@ -114,17 +121,16 @@ class _Pool(Module):
 
     def __post_init__(self):
         name = type(self).__name__
-        for field in ("window", "stride", "padding"):
-            value = getattr(self, field)
-            if field == "padding" and isinstance(value, str):
-                value = value.upper()
-            object.__setattr__(self, field, _freeze(value))
-        if not (_is_int(self.window) or (isinstance(self.window, tuple) and self.window)):
+        object.__setattr__(self, "window", freeze(self.window))
+        object.__setattr__(self, "stride", freeze(self.stride))
+        object.__setattr__(self, "padding", freeze_padding(self.padding))
+        if not is_int(self.window) and not self.window:
             raise ValueError(
                 f"{name}: window must be an int (1-D) or a tuple with one int per spatial "
                 f"axis, got {self.window!r}."
             )
-        window, _, pads = self._geometry()
+        window, _ = self._geometry()
+        pads = check_padding(name, self.padding, self.spatial_ndim)
         if pads is not None and any(max(p) >= k for p, k in zip(pads, window, strict=True)):
             raise ValueError(
                 f"{name}: padding must be smaller than the window on every axis, so that "
@@ -135,69 +141,42 @@ class _Pool(Module):
     @property
     def spatial_ndim(self) -> int:
         """The number of spatial axes: ``len(window)``, or 1 for an int."""
-        return 1 if _is_int(self.window) else len(self.window)
+        return 1 if is_int(self.window) else len(self.window)
 
-    def _geometry(self) -> tuple[Shape, Shape, Pairs | None]:
-        """``window`` and ``stride`` per axis, and integer padding (None for SAME/VALID)."""
+    def _geometry(self) -> tuple[Shape, Shape]:
+        """``window`` and ``stride``, one int per spatial axis."""
         name, n = type(self).__name__, self.spatial_ndim
-        window = _per_axis(name, "window", self.window, n, like="window")
-        stride = (
-            window
-            if self.stride is None
-            else _per_axis(name, "stride", self.stride, n, like="window")
+        window = per_axis(name, "window", self.window, n, like="window")
+        if self.stride is None:
+            return window, window
+        return window, per_axis(name, "stride", self.stride, n, like="window")
+
+    def _check(self, x: jax.Array, init: bool = False) -> tuple[Shape, Shape, Pairs]:
+        """Check ``x``; its window, stride and ``(low, high)`` padding per spatial axis."""
+        window, stride = self._geometry()
+        n = self.spatial_ndim
+        spatial = check_spatial_input(self, x, n, init=init, size_field="window", example=window)
+        pads = resolve_padding(
+            self, self.padding, spatial, tuple(x.shape), window, stride, "the window"
         )
-        pads = None if self.padding in ("SAME", "VALID") else _pairs(name, self.padding, n)
         return window, stride, pads
 
-    def _check_input(self, x: jax.Array) -> None:
-        n, shape = self.spatial_ndim, tuple(x.shape)
-        if x.ndim not in (n + 1, n + 2):
-            axes = _AXES.get(n, ", ".join(f"spatial_{i}" for i in range(n)))
-            hint = ""
-            if x.ndim == n:
-                hint = " Hint: add a channels axis, e.g. x[..., None]."
-            elif x.ndim >= 3:
-                m = x.ndim - 2
-                hint = (
-                    f" Hint: the number of spatial axes is len(window); for {m}-D inputs "
-                    f"give {m} window sizes, e.g. window={(self._geometry()[0][0],) * m}."
-                )
-            raise ShapeError(
-                self.layer_name(),
-                f"expected input of rank {n + 2} ([batch, {axes}, channels]) or {n + 1} "
-                f"(unbatched), got shape {shape}.{hint}",
-            )
-        check_floating(self, x)
+    def init(self, key: jax.Array, x: jax.Array) -> Params:
+        del key
+        self._check(x, init=True)
+        return {}
 
-    def _pads(self, x: jax.Array, shape: Shape) -> tuple[Shape, Shape, Pairs]:
-        """Window, stride and padding per spatial axis of batched ``x`` (given ``shape``)."""
-        window, stride, pads = self._geometry()
-        spatial = x.shape[1:-1]
-        if self.padding == "SAME":
-            pads = []
-            for size, k, s in zip(spatial, window, stride, strict=True):
-                total = max((-(-size // s) - 1) * s + k - size, 0)
-                pads.append((total // 2, total - total // 2))
-            pads = tuple(pads)
-        elif self.padding == "VALID":
-            pads = ((0, 0),) * self.spatial_ndim
-        padded = tuple(size + lo + hi for size, (lo, hi) in zip(spatial, pads, strict=True))
-        if any(p < k for p, k in zip(padded, window, strict=True)):
-            extra = f" (padded to {padded})" if padded != spatial else ""
-            raise ShapeError(
-                self.layer_name(),
-                f"expected spatial size at least {window} (the window) with padding "
-                f"{self.padding!r}, got shape {shape}{extra}.",
-            )
-        return window, stride, pads
+    def check_inputs(self, params: Params, x: jax.Array) -> None:
+        """Check ``x`` before the generic checks, so the message comes first."""
+        del params
+        self._check(x)
 
     def apply(self, params: Params, x: jax.Array) -> jax.Array:
         del params
         x = jnp.asarray(x)
-        self._check_input(x)
-        shape, batched = tuple(x.shape), x.ndim == self.spatial_ndim + 2
-        x = x if batched else x[None]
-        y = self._pool(x, *self._pads(x, shape))
+        geometry = self._check(x)
+        x, batched = batch_one(x, self.spatial_ndim)
+        y = self._pool(x, *geometry)
         return y if batched else y[0]
 
 
@@ -236,12 +215,21 @@ class MaxPool(_Pool):
     Shapes:
       ``[batch, *spatial, channels]`` to ``[batch, *out_spatial, channels]``, where
       ``spatial`` is ``[length]``, ``[height, width]`` or ``[depth, height, width]``.
-      An unbatched ``[*spatial, channels]`` gives ``[*out_spatial, channels]``.
+      The batch-axis rule is ``Conv``'s: ``init`` takes a batch and refuses an input
+      with one axis fewer (a grayscale batch ``(32, 28, 28)`` missing its channel axis
+      would pass for one 28-channel image; add it with ``x[..., None]``); ``apply``
+      also maps one unbatched example ``[*spatial, channels]`` to ``[*out_spatial,
+      channels]``, so ``jax.vmap`` over examples works. With no parameters, a pool
+      cannot tell the two apart at ``apply``; the check at ``init`` (of the pool, or of
+      the model around it) is what catches the mistake.
 
     Raises:
-      ValueError: At construction, for invalid hyperparameters.
-      ShapeError: If the input's rank does not fit ``window``, or a spatial axis (after
-        padding) is smaller than the window.
+      TypeError: At construction, for a hyperparameter of the wrong kind.
+      ValueError: At construction, for invalid values: a window or stride that is not
+        positive or not one per spatial axis, negative padding, padding not smaller
+        than the window, a padding string other than ``"SAME"``/``"VALID"``.
+      ShapeError: If the input's rank does not fit ``window`` (or, at init, lacks the
+        batch axis), or a spatial axis (after padding) is smaller than the window.
       DTypeError: If the input is not floating point.
 
     Examples:
@@ -286,13 +274,15 @@ class AvgPool(_Pool):
 
     Shapes:
       ``[batch, *spatial, channels]`` to ``[batch, *out_spatial, channels]``, where
-      ``spatial`` is ``[length]``, ``[height, width]`` or ``[depth, height, width]``.
-      An unbatched ``[*spatial, channels]`` gives ``[*out_spatial, channels]``.
+      ``spatial`` is ``[length]``, ``[height, width]`` or ``[depth, height, width]``;
+      ``apply`` also maps one unbatched example ``[*spatial, channels]`` to
+      ``[*out_spatial, channels]``, and ``init`` requires the batch axis, as in
+      ``MaxPool``.
 
     Raises:
-      ValueError: At construction, for invalid hyperparameters.
-      ShapeError: If the input's rank does not fit ``window``, or a spatial axis (after
-        padding) is smaller than the window.
+      TypeError: At construction, for a hyperparameter of the wrong kind.
+      ValueError: At construction, for invalid values, as ``MaxPool``.
+      ShapeError: As ``MaxPool``.
       DTypeError: If the input is not floating point.
 
     Examples:
@@ -309,198 +299,6 @@ class AvgPool(_Pool):
 
     count_include_pad: bool = True
 
-    def __post_init__(self):
-        super().__post_init__()
-        if not isinstance(self.count_include_pad, bool):
-            raise ValueError(
-                f"AvgPool: count_include_pad must be a bool, got {self.count_include_pad!r}."
-            )
-
     def _pool(self, x: jax.Array, window: Shape, stride: Shape, pads: Pairs) -> jax.Array:
         include = self.count_include_pad and self.padding != "SAME"
         return _avg_pool(x, window, stride, pads, include)
-
-
-class _GlobalPool(Module):
-    """What ``GlobalMaxPool`` and ``GlobalAvgPool`` share."""
-
-    keepdims: bool = False
-
-    def __post_init__(self):
-        if not isinstance(self.keepdims, bool):
-            raise ValueError(
-                f"{type(self).__name__}: keepdims must be a bool, got {self.keepdims!r}."
-            )
-
-    def apply(self, params: Params, x: jax.Array) -> jax.Array:
-        del params
-        x = jnp.asarray(x)
-        if x.ndim < 3:
-            raise ShapeError(
-                self.layer_name(),
-                f"expected input of rank at least 3 ([batch, *spatial, channels]), got "
-                f"shape {tuple(x.shape)}. Hint: an unbatched example needs a batch axis, "
-                "e.g. x[None].",
-            )
-        check_floating(self, x)
-        return self._reduce(x, axis=tuple(range(1, x.ndim - 1)), keepdims=self.keepdims)
-
-
-class GlobalMaxPool(_GlobalPool):
-    """Maximum over all spatial axes, per example and channel.
-
-    Args:
-      keepdims: Keep the spatial axes, with size 1.
-
-    Shapes:
-      ``[batch, *spatial, channels]`` (at least one spatial axis) to
-      ``[batch, channels]``, or ``[batch, 1, ..., 1, channels]`` with ``keepdims``.
-      The batch axis is required; under ``jax.vmap`` over examples, give each example a
-      batch axis of 1.
-
-    Raises:
-      ShapeError: If the input has rank below 3.
-      DTypeError: If the input is not floating point.
-
-    Examples:
-      >>> import jax.numpy as jnp
-      >>> from jnn import GlobalMaxPool
-      >>> x = jnp.arange(24.0).reshape(2, 3, 2, 2)  # [batch, height, width, channels]
-      >>> GlobalMaxPool().apply({}, x).tolist()
-      [[10.0, 11.0], [22.0, 23.0]]
-    """
-
-    _reduce = staticmethod(jnp.max)
-
-
-class GlobalAvgPool(_GlobalPool):
-    """Mean over all spatial axes, per example and channel (as before a ResNet's head).
-
-    Args:
-      keepdims: Keep the spatial axes, with size 1.
-
-    Shapes:
-      ``[batch, *spatial, channels]`` (at least one spatial axis) to
-      ``[batch, channels]``, or ``[batch, 1, ..., 1, channels]`` with ``keepdims``.
-      The batch axis is required; under ``jax.vmap`` over examples, give each example a
-      batch axis of 1.
-
-    Raises:
-      ShapeError: If the input has rank below 3.
-      DTypeError: If the input is not floating point.
-
-    Examples:
-      >>> import jax.numpy as jnp
-      >>> from jnn import GlobalAvgPool
-      >>> x = jnp.arange(24.0).reshape(2, 3, 2, 2)  # [batch, height, width, channels]
-      >>> GlobalAvgPool().apply({}, x).tolist()
-      [[5.0, 6.0], [17.0, 18.0]]
-      >>> GlobalAvgPool(keepdims=True).apply({}, x).shape
-      (2, 1, 1, 2)
-    """
-
-    _reduce = staticmethod(jnp.mean)
-
-
-class Flatten(Module):
-    """Merge the axes from ``start_axis`` on into one, like PyTorch's ``nn.Flatten``.
-
-    Args:
-      start_axis: First axis to merge; negative counts from the end. The default, 1,
-        keeps the batch axis. Under ``jax.vmap`` over examples the layer sees one
-        example without its batch axis, so use ``start_axis=0`` there.
-
-    Shapes:
-      ``[batch, d_1, ..., d_k]`` to ``[batch, d_1 * ... * d_k]`` (``start_axis=1``).
-
-    Raises:
-      ValueError: At construction, if ``start_axis`` is not an int.
-      ShapeError: If the input has no axis ``start_axis``.
-
-    Examples:
-      >>> import jax.numpy as jnp
-      >>> from jnn import Flatten
-      >>> Flatten().apply({}, jnp.zeros((8, 7, 7, 16))).shape
-      (8, 784)
-    """
-
-    start_axis: int = 1
-
-    def __post_init__(self):
-        if not _is_int(self.start_axis):
-            raise ValueError(f"Flatten: start_axis must be an int, got {self.start_axis!r}.")
-        object.__setattr__(self, "start_axis", int(self.start_axis))
-
-    def apply(self, params: Params, x: jax.Array) -> jax.Array:
-        del params
-        x = jnp.asarray(x)
-        start = self.start_axis
-        need = start + 1 if start >= 0 else -start
-        if x.ndim < need:
-            raise ShapeError(
-                self.layer_name(),
-                f"expected input of rank at least {need} (axes from start_axis={start} on "
-                f"are merged), got shape {tuple(x.shape)}.",
-            )
-        start %= x.ndim
-        return x.reshape(*x.shape[:start], math.prod(x.shape[start:]))
-
-
-class Reshape(Module):
-    """Reshape each example (every axis after the batch axis), like Keras' ``Reshape``.
-
-    Args:
-      shape: The new shape of one example: positive ints, with at most one ``-1`` that
-        takes the size the others leave.
-
-    Shapes:
-      ``[batch, d_1, ..., d_k]`` to ``[batch, *shape]``; the batch axis is kept.
-
-    Raises:
-      ValueError: At construction, for an invalid ``shape``.
-      ShapeError: If an example's size does not fit ``shape``.
-
-    Examples:
-      >>> import jax.numpy as jnp
-      >>> from jnn import Reshape
-      >>> Reshape((7, 7, -1)).apply({}, jnp.zeros((8, 784))).shape
-      (8, 7, 7, 16)
-    """
-
-    shape: Sequence[int]
-
-    def __post_init__(self):
-        shape = _freeze(self.shape)
-        if (
-            not isinstance(shape, tuple)
-            or not all(_is_int(d) and (d >= 1 or d == -1) for d in shape)
-            or shape.count(-1) > 1
-        ):
-            raise ValueError(
-                "Reshape: shape must be a tuple of positive ints with at most one -1, "
-                f"got {self.shape!r}."
-            )
-        object.__setattr__(self, "shape", shape)
-
-    def apply(self, params: Params, x: jax.Array) -> jax.Array:
-        del params
-        x = jnp.asarray(x)
-        if x.ndim < 1:
-            raise ShapeError(
-                self.layer_name(),
-                "expected input with a batch axis (rank at least 1), got shape ().",
-            )
-        size = math.prod(x.shape[1:])
-        known = math.prod(d for d in self.shape if d != -1)
-        if -1 in self.shape:
-            fits, what = size % known == 0, f"a multiple of {known}"
-        else:
-            fits, what = size == known, f"{known}"
-        if not fits:
-            raise ShapeError(
-                self.layer_name(),
-                f"expected examples of {what} elements to reshape to {self.shape}, got shape "
-                f"{tuple(x.shape)} ({size} elements per example).",
-            )
-        shape = tuple(size // known if d == -1 else d for d in self.shape)
-        return x.reshape(x.shape[0], *shape)

@@ -22,19 +22,26 @@ import jax.numpy as jnp
 import numpy as np
 
 from jnn import initializers
-from jnn._checks import check_floating, check_positive_int, check_rank
-from jnn._errors import ShapeError
+from jnn._checks import (
+    check_floating,
+    check_positive_int,
+    check_rank,
+    is_apply_check,
+    is_concrete,
+    raise_at_run_time,
+)
+from jnn._errors import DTypeError, ShapeError, layer_name
 from jnn._module import Module, Params
 from jnn._scope import child_key
 
 __all__ = ["sinusoidal_positions", "SinusoidalPositions", "LearnedPositions", "rotary_embedding"]
 
-_SEQUENCE_RANKS = tuple(range(2, 33))
 
-
-def _check_base(owner: str, base: Any) -> None:
-    if not isinstance(base, int | float) or isinstance(base, bool) or not base > 1:
-        raise ValueError(f"{owner}: base must be a number greater than 1, got {base!r}.")
+def _check_base(owner: str, base: Any, name: str = "base") -> None:
+    if not isinstance(base, int | float | np.integer | np.floating) or isinstance(base, bool):
+        raise TypeError(f"{owner}: {name} must be a number, got {base!r} ({type(base).__name__}).")
+    if not base > 1:
+        raise ValueError(f"{owner}: {name} must be a number greater than 1, got {base!r}.")
 
 
 def _concrete_int(value: Any) -> int | None:
@@ -99,12 +106,13 @@ class SinusoidalPositions(Module):
     Shapes:
       ``apply`` maps ``[..., length, features]`` (for example ``[batch, length,
       features]``, or ``[length, features]`` unbatched) to the same shape. Its keyword
-      ``offset`` (an int, or a traced int scalar inside ``jit``/``scan``) shifts the
+      ``offset`` (a number, or a traced scalar inside ``jit``/``scan``) shifts the
       positions to ``offset ... offset + length - 1``, for decoding step by step.
 
     Raises:
-      ShapeError: If the input has fewer than 2 dimensions.
-      DTypeError: If the input is not floating point.
+      ShapeError: If the input has fewer than 2 dimensions, or ``offset`` is not a
+        scalar.
+      DTypeError: If the input is not floating point, or ``offset`` is not a number.
 
     Examples:
       >>> import jax.numpy as jnp
@@ -124,16 +132,40 @@ class SinusoidalPositions(Module):
         _check_base("SinusoidalPositions", self.base)
 
     def check_inputs(self, params: Params, x: jax.Array, *, offset: Any = 0) -> None:
-        """Check the input's rank and dtype."""
-        del params, offset
-        check_rank(self, x, _SEQUENCE_RANKS, "input [..., length, features]")
+        """Check the input's rank and dtype, and the offset's."""
+        del params
+        check_rank(self, x, what="input [..., length, features]", min_rank=2)
         check_floating(self, x)
+        _check_offset(self, offset, integer=False)
 
     def apply(self, params: Params, x: jax.Array, *, offset: Any = 0) -> jax.Array:
         del params
         length, features = x.shape[-2:]
         table = _sinusoids(offset + jnp.arange(length), features, self.base)
         return x + table.astype(x.dtype)
+
+
+def _check_offset(owner: Any, offset: Any, integer: bool) -> int | None:
+    """Check that ``offset`` is a numeric (``integer``: an integer) scalar; return it as
+    an int when concrete."""
+    kind = "an integer" if integer else "a number"
+    if not hasattr(offset, "dtype") and not isinstance(offset, int | float | np.number):
+        raise DTypeError(
+            layer_name(owner),
+            f"expected offset to be {kind} (a scalar array inside jit), got "
+            f"{type(offset).__name__}.",
+        )
+    dtype = jnp.result_type(offset)
+    wanted = jnp.integer if integer else jnp.number
+    if jnp.issubdtype(dtype, jnp.bool_) or not jnp.issubdtype(dtype, wanted):
+        raise DTypeError(layer_name(owner), f"expected offset to be {kind}, got dtype {dtype}.")
+    if jnp.ndim(offset) != 0:
+        raise ShapeError(
+            layer_name(owner),
+            f"expected a scalar offset, got shape {tuple(jnp.shape(offset))}. Hint: one "
+            "offset serves the whole batch (every sequence at the same position).",
+        )
+    return _concrete_int(offset) if integer else None
 
 
 class LearnedPositions(Module):
@@ -144,22 +176,32 @@ class LearnedPositions(Module):
     Args:
       max_length: Number of rows of the table: the longest sequence it can encode.
       w_init: Initializer of ``embedding`` (normal with standard deviation 0.02, as in
-        GPT-2).
+        GPT-2). It receives ``fan_in=features``, as PyTorch reads the fan-in of an
+        ``nn.Embedding`` table.
       param_dtype: Dtype of ``embedding``.
 
     Shapes:
-      ``init`` takes ``[..., length, features]`` and creates ``embedding``
-      ``[max_length, features]``; ``apply`` maps ``[..., length, features]`` to the same
-      shape. The keyword ``offset`` (an int, or a traced int scalar inside
-      ``jit``/``scan``) selects rows ``offset ... offset + length - 1``, for decoding.
+      ``init`` takes a batched sample ``[batch, ..., length, features]`` (rank 3 or
+      more) and creates ``embedding`` ``[max_length, features]``; it refuses a rank-2
+      sample, which is either one sequence without its batch axis (add it: ``x[None]``)
+      or a ``(batch, features)`` table without positions (add a length axis:
+      ``x[:, None, :]``). ``apply`` maps ``[..., length, features]`` to the same shape,
+      and also takes one unbatched sequence ``[length, features]`` (for ``jax.vmap``).
+      The keyword ``offset`` (an int, or a traced int scalar inside ``jit``/``scan``)
+      selects rows ``offset ... offset + length - 1``, for decoding.
 
-    A traced ``offset`` cannot be checked in Python, so rows past the table read as NaN
-    (as ``Embedding`` does for ids out of range) rather than silently repeating a row.
+    An ``offset`` that runs past the table is an error: at once when it is concrete,
+    and, when it is traced (under ``jit`` or ``scan``), when the compiled program runs
+    (a ``ValueError`` wrapped in JAX's runtime error). The rows read past the table are
+    NaN meanwhile, never a repeated row.
 
     Raises:
       ShapeError: If the sequence (plus a concrete ``offset``) is longer than
-        ``max_length``, or its last dimension differs from ``features`` set at init.
-      DTypeError: If the input is not floating point.
+        ``max_length``, a concrete ``offset`` is negative, ``offset`` is not a scalar,
+        the input's rank is wrong, or its last dimension differs from ``features`` set
+        at init.
+      DTypeError: If the input is not floating point, or ``offset`` not an integer.
+      ValueError: At run time, for a traced ``offset`` out of range (see above).
 
     Examples:
       >>> import jax, jax.numpy as jnp
@@ -179,26 +221,50 @@ class LearnedPositions(Module):
     def __post_init__(self):
         check_positive_int("LearnedPositions", "max_length", self.max_length)
 
-    def _check_length(self, x: jax.Array, offset: Any) -> None:
-        check_rank(self, x, _SEQUENCE_RANKS, "input [..., length, features]")
+    def _check_length(self, x: jax.Array, offset: Any, batched: bool = False) -> None:
+        hint = ""
+        if batched and jnp.ndim(x) == 2:
+            hint = (
+                "Hint: for one sequence add a batch axis, x[None]; a (batch, features) "
+                "table has no positions: add a length axis, x[:, None, :]."
+            )
+        layout = "[batch, ..., length, features]" if batched else "[..., length, features]"
+        check_rank(self, x, what=f"input {layout}", min_rank=3 if batched else 2, hint=hint)
         check_floating(self, x)
         length = x.shape[-2]
-        start = _concrete_int(offset)
-        if start is not None and start < 0:
-            raise ShapeError(self.layer_name(), f"offset must be >= 0, got {start}.")
-        if start is not None and start + length > self.max_length:
+        start = _check_offset(self, offset, integer=True)
+        if start is not None:
+            self._check_rows(start, length, f" (input shape {tuple(x.shape)})")
+
+    def _check_rows(self, start: int, length: int, suffix: str = "") -> None:
+        message = self._rows_error(start, length, suffix)
+        if message:
+            raise ShapeError(self.layer_name(), message)
+
+    def _rows_error(self, start: int, length: int, suffix: str = "") -> str:
+        if start < 0:
+            return f"offset must be >= 0, got {start}."
+        if start + length > self.max_length:
             where = f"offset {start} plus input length {length}" if start else "input length"
-            got = start + length if start else length
-            raise ShapeError(
-                self.layer_name(),
-                f"{where} = {got} exceeds max_length {self.max_length} "
-                f"(input shape {tuple(x.shape)}). Hint: make the table longer.",
+            return (
+                f"{where} = {start + length} exceeds max_length {self.max_length}"
+                f"{suffix}. Hint: make the table longer."
             )
+        return ""
 
     def init(self, key: jax.Array, x: jax.Array, *, offset: Any = 0) -> Params:
-        self._check_length(x, offset)
-        shape = (self.max_length, x.shape[-1])
-        return {"embedding": self.w_init(child_key(key, "embedding"), shape, self.param_dtype)}
+        # init needs a batched sample, except when apply runs it on its own inputs to
+        # check the params: those may be one unbatched sequence (jax.vmap).
+        self._check_length(x, offset, batched=not is_apply_check())
+        features = x.shape[-1]
+        table = initializers.initialize(
+            self.w_init,
+            child_key(key, "embedding"),
+            (self.max_length, features),
+            self.param_dtype,
+            fan_in=features,
+        )
+        return {"embedding": table}
 
     def check_inputs(self, params: Params, x: jax.Array, *, offset: Any = 0) -> None:
         """Check the length (and a concrete offset) against ``max_length``, and features."""
@@ -217,6 +283,17 @@ class LearnedPositions(Module):
         if isinstance(offset, int) and not isinstance(offset, bool):
             rows = table[offset : offset + length]  # checked above
         else:
+            if not is_concrete(offset):
+                name = self.layer_name()
+
+                def raise_past_the_table(start):
+                    for s in np.atleast_1d(np.asarray(start)).tolist():
+                        message = self._rows_error(s, length)
+                        if message:
+                            raise ValueError(f"{name}: {message}")
+
+                fails = (offset < 0) | (offset + length > self.max_length)
+                raise_at_run_time(fails, raise_past_the_table, offset)
             positions = offset + jnp.arange(length)
             rows = jnp.take(table, positions, axis=0, mode="fill", fill_value=jnp.nan)
         return x + rows.astype(x.dtype)
@@ -254,6 +331,7 @@ def rotary_embedding(
     Raises:
       ShapeError: If ``x`` has fewer than 3 axes, ``head_dim`` is odd, or ``positions``
         does not broadcast against ``x.shape[:-2]``.
+      DTypeError: If ``x`` is not floating point, or ``positions`` not numbers.
       ValueError: If ``base`` is not a number greater than 1.
 
     Examples:
@@ -267,13 +345,16 @@ def rotary_embedding(
     """
     name = "rotary_embedding"
     _check_base(name, base)
-    check_rank(name, x, tuple(range(3, 33)), "x [..., length, heads, head_dim]")
+    check_rank(name, x, what="x [..., length, heads, head_dim]", min_rank=3)
+    check_floating(name, x, "x")
     head_dim = x.shape[-1]
     if head_dim % 2:
         raise ShapeError(
             name, f"expected an even head_dim (the last axis of x), got shape {tuple(x.shape)}."
         )
     positions = jnp.asarray(positions)
+    if positions.dtype == bool or not jnp.issubdtype(positions.dtype, jnp.number):
+        raise DTypeError(name, f"expected integer or float positions, got dtype {positions.dtype}.")
     try:
         ok = np.broadcast_shapes(positions.shape, x.shape[:-2]) == x.shape[:-2]
     except ValueError:

@@ -255,7 +255,8 @@ def _trace(layer, inputs, kwargs, memo: dict | None) -> tuple[_Record, Any]:
 
 
 def _trace_uncached(layer, inputs, kwargs, memo) -> tuple[_Record, Any]:
-    from jnn._module import apply_raw, init_kwargs
+    from jnn._calls import init_kwargs
+    from jnn._module import apply_raw
 
     cls = type(layer)
     if _is_composite_init(cls):

@@ -1,4 +1,11 @@
-"""Hyperparameter helpers shared by the layers with spatial axes (convolution, pooling)."""
+"""What the layers with spatial axes share (convolution, pooling): per-axis
+hyperparameters, padding, and the input check with the batch-axis rule.
+
+The batch-axis rule: ``init`` takes a *batched* sample ``[batch, *spatial, channels]``
+and refuses one axis fewer, which is ambiguous (a grayscale batch ``(32, 28, 28)`` would
+pass for one 28-channel image); ``apply`` also takes one unbatched example
+``[*spatial, channels]``, so ``jax.vmap(model.apply, ...)`` works.
+"""
 
 from __future__ import annotations
 
@@ -6,30 +13,39 @@ import numbers
 from collections.abc import Sequence
 from typing import Any
 
-from jnn._module import Shape
+import jax
+import jax.numpy as jnp
+
+from jnn._checks import check_floating, is_apply_check
+from jnn._errors import ShapeError, layer_name
+from jnn._module import Module, Shape
 
 Pairs = tuple[tuple[int, int], ...]
 _AXES = {1: "length", 2: "height, width", 3: "depth, height, width"}
 
 
-def _is_int(value: Any) -> bool:
+def is_int(value: Any) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
-def _freeze(value: Any) -> Any:
+def freeze(value: Any) -> Any:
     """Lists become tuples and NumPy ints ints, so the layer hashes (a static ``jit`` arg)."""
     if isinstance(value, Sequence) and not isinstance(value, str):
-        return tuple(_freeze(v) for v in value)
-    return int(value) if _is_int(value) else value
+        return tuple(freeze(v) for v in value)
+    return int(value) if is_int(value) else value
 
 
-def _per_axis(
+def axes_names(n: int) -> str:
+    return _AXES.get(n, ", ".join(f"spatial_{i}" for i in range(n)))
+
+
+def per_axis(
     layer: str, name: str, value: Any, n: int, minimum: int = 1, like: str = "kernel_size"
 ) -> Shape:
     """``value``, an int or one int per spatial axis, as ``n`` ints of at least ``minimum``."""
-    if _is_int(value):
+    if is_int(value):
         values = (value,) * n
-    elif isinstance(value, tuple) and len(value) == n and all(map(_is_int, value)):
+    elif isinstance(value, tuple) and len(value) == n and all(map(is_int, value)):
         values = value
     else:
         raise ValueError(
@@ -42,18 +58,18 @@ def _per_axis(
     return values
 
 
-def _pairs(layer: str, padding: Any, n: int) -> Pairs:
+def padding_pairs(layer: str, padding: Any, n: int) -> Pairs:
     """Integer ``padding`` (an int, or an int or ``(low, high)`` per axis) as ``n`` pairs."""
 
     def pair(p: Any) -> tuple[int, int] | None:
-        if _is_int(p):
+        if is_int(p):
             return (p, p)
-        if isinstance(p, tuple) and len(p) == 2 and all(map(_is_int, p)):
+        if isinstance(p, tuple) and len(p) == 2 and all(map(is_int, p)):
             return p
         return None
 
     pairs = None
-    if _is_int(padding):
+    if is_int(padding):
         pairs = (pair(padding),) * n
     elif isinstance(padding, tuple) and len(padding) == n:
         pairs = tuple(pair(p) for p in padding)
@@ -65,3 +81,110 @@ def _pairs(layer: str, padding: Any, n: int) -> Pairs:
     if min(min(p) for p in pairs) < 0:
         raise ValueError(f"{layer}: padding must be non-negative, got {padding!r}.")
     return pairs
+
+
+def freeze_padding(padding: Any) -> Any:
+    """``padding`` as the layer stores it: strings upper-cased, sequences as tuples."""
+    return padding.upper() if isinstance(padding, str) else freeze(padding)
+
+
+def check_padding(layer: str, padding: Any, n: int) -> Pairs | None:
+    """Validate a stored ``padding``; its pairs, or None for ``"SAME"``/``"VALID"``."""
+    if padding in ("SAME", "VALID"):
+        return None
+    return padding_pairs(layer, padding, n)
+
+
+def resolve_padding(
+    layer: Any,
+    padding: Any,
+    spatial: Shape,
+    shape: Shape,
+    extent: Shape,
+    stride: Shape,
+    what: str,
+) -> Pairs:
+    """The ``(low, high)`` zeros of each axis of ``spatial`` (the spatial part of an input
+    of ``shape``, named in messages), for a window spanning ``extent`` (the dilated
+    kernel, or the pooling window) at ``stride``.
+
+    ``"SAME"`` gives ``ceil(size / stride)`` outputs, the odd padding on the high side (as
+    ``jax.lax`` and TensorFlow). Raises ``ShapeError`` if the padded input is smaller than
+    the window, which would leave no output.
+    """
+    spatial = tuple(spatial)
+    if padding == "SAME":
+        pads = []
+        for size, e, s in zip(spatial, extent, stride, strict=True):
+            total = max((-(-size // s) - 1) * s + e - size, 0)
+            pads.append((total // 2, total - total // 2))
+        pads = tuple(pads)
+    elif padding == "VALID":
+        pads = ((0, 0),) * len(spatial)
+    else:
+        pads = padding_pairs(layer_name(layer), padding, len(spatial))
+    padded = tuple(size + lo + hi for size, (lo, hi) in zip(spatial, pads, strict=True))
+    if any(p < e for p, e in zip(padded, extent, strict=True)):
+        grown = f" (padded to {padded})" if padded != spatial else ""
+        raise ShapeError(
+            layer_name(layer),
+            f"expected spatial size at least {tuple(extent)} ({what}) after padding "
+            f"{padding!r}, got shape {tuple(shape)}{grown}.",
+        )
+    return pads
+
+
+def check_spatial_input(
+    layer: Module, x: Any, n: int, *, init: bool, size_field: str, example: Shape
+) -> Shape:
+    """Check the rank and dtype of an input of a layer with ``n`` spatial axes; return
+    its spatial shape.
+
+    ``init`` takes ``[batch, *spatial, channels]`` only; ``apply`` also takes one
+    unbatched example. ``size_field`` and ``example`` (the layer's window, one int per
+    axis) make the hint when the input has another number of spatial axes.
+    """
+    shape = tuple(jnp.shape(x))
+    axes = axes_names(n)
+    batched_only = init and not is_apply_check()
+    if len(shape) == n + 1 and batched_only:
+        raise ShapeError(
+            layer_name(layer),
+            f"init expected a batched input of rank {n + 2} ([batch, {axes}, channels]), "
+            f"got shape {shape}. Hint: if this is a batch without its channel axis (a "
+            f"grayscale batch, say), add it: x[..., None]; if it is a single example, add "
+            f"the batch axis: x[None]. (apply also takes one unbatched example, "
+            f"[{axes}, channels].)",
+        )
+    if len(shape) not in (n + 1, n + 2):
+        expected = f"rank {n + 2} ([batch, {axes}, channels])"
+        if not batched_only:
+            expected += f" or {n + 1} (unbatched)"
+        hint = ""
+        if len(shape) == n:
+            fix = "x[None, ..., None]" if batched_only else "x[..., None]"
+            axis = "the batch and channel axes" if batched_only else "a channel axis"
+            hint = f" Hint: add {axis}, e.g. {fix}."
+        elif len(shape) >= 3:
+            m = len(shape) - 2
+            hint = (
+                f" Hint: the number of spatial axes is len({size_field}); for {m}-D inputs "
+                f"give {m} sizes, e.g. {size_field}={(example[0],) * m}."
+            )
+        raise ShapeError(
+            layer_name(layer), f"expected input of {expected}, got shape {shape}.{hint}"
+        )
+    spatial = shape[-n - 1 : -1]
+    if 0 in spatial:
+        raise ShapeError(
+            layer_name(layer),
+            f"expected non-empty spatial axes ([..., {axes}, channels]), got shape {shape}.",
+        )
+    check_floating(layer, x)
+    return spatial
+
+
+def batch_one(x: jax.Array, n: int) -> tuple[jax.Array, bool]:
+    """``x`` with a batch axis, and whether it had one (rank ``n + 2``)."""
+    batched = x.ndim == n + 2
+    return (x if batched else x[None]), batched

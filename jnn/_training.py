@@ -1,20 +1,27 @@
-"""Training: a pure jit-compiled step on optax, evaluation, batching and ``fit``."""
+"""Training: a pure jit-compiled step on optax, evaluation and ``fit``.
+
+Every argument is checked where it is passed, before anything is traced: a model that is
+not a ``jnn.Module``, an optimizer that is not an optax transformation, a loss that is not
+a function, metrics that are not a dict of functions, data whose arrays differ in length.
+"""
 
 from __future__ import annotations
 
 import functools
-import math
-from collections.abc import Callable, Iterator, Mapping
-from typing import Any, NamedTuple
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jnn._batching import batches, check_bool, check_pair, count_examples
+from jnn._checks import check_params_leaves, check_positive_int
+from jnn._errors import DTypeError, ShapeError
 from jnn._module import Module, Params, State
 
-__all__ = ["make_train_step", "make_eval_step", "evaluate", "batches", "fit", "FitResult"]
+__all__ = ["make_train_step", "make_eval_step", "evaluate"]
 
 Batch = tuple[Any, Any]
 LossFn = Callable[[Any, Any], jax.Array]
@@ -30,6 +37,129 @@ def _split_batch(batch: Any) -> tuple[tuple, Any]:
         )
     inputs, targets = batch
     return (tuple(inputs) if isinstance(inputs, tuple | list) else (inputs,)), targets
+
+
+# --------------------------------------------------------------------------- argument checks
+
+_ORDER = "the arguments are (model, loss_fn, optimizer)"
+
+
+def check_model(name: str, model: Any) -> None:
+    if isinstance(model, Module):
+        return
+    if isinstance(model, type) and issubclass(model, Module):
+        hint = f"instantiate it, e.g. {model.__name__}(...)."
+    elif isinstance(getattr(model, "__self__", None), Module):
+        hint = "pass the model itself, not its bound method."
+    elif callable(model):
+        hint = "wrap plain functions with jnn.from_functions(init_fn, apply_fn)."
+    else:
+        hint = "build one from layers, e.g. jnn.Sequential([...])."
+    raise TypeError(
+        f"{name}: expected a jnn.Module as model, got {type(model).__name__}. Hint: {hint}"
+    )
+
+
+def _is_optimizer(x: Any) -> bool:
+    return callable(getattr(x, "init", None)) and callable(getattr(x, "update", None))
+
+
+def check_loss_fn(name: str, loss_fn: Any, what: str = "loss_fn") -> None:
+    if callable(loss_fn) and not _is_optimizer(loss_fn):
+        return
+    if _is_optimizer(loss_fn):
+        hint = f"that is an optimizer: {_ORDER}."
+    elif isinstance(loss_fn, str):
+        hint = "pass the function itself, e.g. jnn.softmax_cross_entropy_with_integer_labels."
+    elif isinstance(loss_fn, jax.Array | np.ndarray | float | int):
+        hint = "pass the loss function itself, not a value it returned."
+    else:
+        hint = f"{what}(outputs, targets) must return a scalar."
+    raise TypeError(
+        f"{name}: expected a function as {what}, got {type(loss_fn).__name__}. Hint: {hint}"
+    )
+
+
+def check_optimizer(name: str, optimizer: Any) -> None:
+    """An optax ``GradientTransformation``, or anything with its ``init`` and ``update``."""
+    if _is_optimizer(optimizer):
+        return
+    what = getattr(optimizer, "__name__", type(optimizer).__name__)
+    if isinstance(optimizer, float | int) and not isinstance(optimizer, bool):
+        hint = f"wrap a learning rate in an optimizer, e.g. optax.sgd({optimizer!r})."
+    elif callable(optimizer) and getattr(optimizer, "__module__", "").startswith("optax"):
+        hint = f"call it to build the transformation, e.g. optax.{what}(1e-3)."
+    elif callable(optimizer):
+        hint = f"pass an optimizer such as optax.adam(1e-3); {_ORDER}."
+    else:
+        hint = "pass an optimizer such as optax.adam(1e-3)."
+    raise TypeError(
+        f"{name}: expected an optax GradientTransformation as optimizer, got {what}. Hint: {hint}"
+    )
+
+
+def check_metrics(name: str, metrics: Any, *, with_loss: bool = True) -> dict[str, Callable]:
+    """``metrics`` as a dict of name -> ``metric(outputs, targets)``; ``None`` is ``{}``."""
+    if metrics is None:
+        return {}
+    if not isinstance(metrics, Mapping):
+        hint = (
+            " Hint: name them, e.g. {'accuracy': jnn.accuracy}."
+            if isinstance(metrics, list | tuple) or callable(metrics)
+            else ""
+        )
+        raise TypeError(
+            f"{name}: expected metrics as a dict of name -> function, got "
+            f"{type(metrics).__name__}.{hint}"
+        )
+    for key, fn in metrics.items():
+        if not isinstance(key, str):
+            raise TypeError(f"{name}: expected metric names as strings, got {key!r}.")
+        if not callable(fn):
+            raise TypeError(
+                f"{name}: expected a function for metric '{key}', got {type(fn).__name__}. "
+                "Hint: metric(outputs, targets) returns a scalar, e.g. jnn.accuracy."
+            )
+    if with_loss and "loss" in metrics:
+        raise ValueError(
+            f"{name}: the metric name 'loss' is taken by the loss in the logs. Hint: rename "
+            "the metric, e.g. {'train_loss': ...}."
+        )
+    return dict(metrics)
+
+
+def _scalar(name: str, what: str, value: Any) -> Any:
+    """Refuse a non-scalar loss or metric (static shape: free under ``jit``)."""
+    if jnp.ndim(value) != 0:
+        raise ShapeError(
+            name,
+            f"expected {what} to return a scalar, got shape {tuple(jnp.shape(value))}. "
+            "Hint: reduce it over the batch, e.g. reduction='mean' for jnn losses, or .mean().",
+        )
+    return value
+
+
+def _check_loss_value(name: str, loss: Any) -> Any:
+    _scalar(name, "loss_fn", loss)
+    if not jnp.issubdtype(jnp.result_type(loss), jnp.floating):
+        raise DTypeError(
+            name,
+            f"expected loss_fn to return a floating-point scalar to differentiate, got dtype "
+            f"{jnp.result_type(loss)}.",
+        )
+    return loss
+
+
+def check_key(name: str, key: Any) -> None:
+    dtype = getattr(key, "dtype", None)
+    if dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
+        return
+    if dtype == jnp.uint32 and getattr(key, "shape", None) == (2,):
+        return  # a legacy jax.random.PRNGKey
+    raise TypeError(
+        f"{name}: expected key to be a PRNG key such as jax.random.key(0), got "
+        f"{type(key).__name__}" + (f" of dtype {dtype}" if dtype is not None else "") + "."
+    )
 
 
 def make_train_step(
@@ -66,6 +196,14 @@ def make_train_step(
       The step function. ``batch`` is ``(inputs, targets)``; ``inputs`` may be a tuple
       for models with several inputs. ``key`` feeds stochastic layers (dropout).
 
+    Raises:
+      TypeError: At once, if ``model`` is not a ``jnn.Module``, ``loss_fn`` not a
+        function, ``optimizer`` not an optax transformation (``init`` and ``update``),
+        ``metrics`` not a dict of functions, or ``donate``/``jit`` not bools.
+      ValueError: At once, if a metric is named ``"loss"``. When the step is first
+        traced, a ``ShapeError`` if ``loss_fn`` or a metric does not return a scalar,
+        and a ``DTypeError`` if the loss is not floating point.
+
     Examples:
       >>> import jax, jax.numpy as jnp, optax, jnn
       >>> model = jnn.MLP([16, 3])
@@ -79,7 +217,13 @@ def make_train_step(
       >>> sorted(logs)
       ['loss']
     """
-    metrics = dict(metrics or {})
+    name = "make_train_step"
+    check_model(name, model)
+    check_loss_fn(name, loss_fn)
+    check_optimizer(name, optimizer)
+    metrics = check_metrics(name, metrics)
+    check_bool(name, "donate", donate)
+    check_bool(name, "jit", jit)
 
     def step(params, opt_state, batch, key=None, state=None):
         inputs, targets = _split_batch(batch)
@@ -87,14 +231,14 @@ def make_train_step(
         def objective(p):
             if state is None:
                 outputs = model.apply(p, *inputs, key=key, is_training=True)
-                return loss_fn(outputs, targets), (outputs, None)
+                return _check_loss_value(name, loss_fn(outputs, targets)), (outputs, None)
             outputs, new_state = model.apply(p, *inputs, state=state, key=key, is_training=True)
-            return loss_fn(outputs, targets), (outputs, new_state)
+            return _check_loss_value(name, loss_fn(outputs, targets)), (outputs, new_state)
 
         (loss, (outputs, new_state)), grads = jax.value_and_grad(objective, has_aux=True)(params)
         updates, opt_state = optimizer.update(grads, opt_state, params)
         params = optax.apply_updates(params, updates)
-        logs = {"loss": loss, **{name: fn(outputs, targets) for name, fn in metrics.items()}}
+        logs = {"loss": loss, **_metric_logs(name, metrics.items(), outputs, targets)}
         if state is None:
             return params, opt_state, logs
         return params, opt_state, new_state, logs
@@ -113,6 +257,10 @@ def make_train_step(
     train_step.trace = lambda *a, **k: compiled.trace(*_positional(a, k))
     train_step.lower = lambda *a, **k: compiled.lower(*_positional(a, k))
     return train_step
+
+
+def _metric_logs(name: str, metrics: Any, outputs: Any, targets: Any) -> dict[str, Any]:
+    return {k: _scalar(name, f"metric '{k}'", fn(outputs, targets)) for k, fn in metrics}
 
 
 def _positional(args: tuple, kwargs: dict) -> tuple:
@@ -135,8 +283,19 @@ def make_eval_step(
       ``eval_step``; its ``logs`` hold ``"loss"`` (when ``loss_fn`` is given) and each
       metric, computed on the batch. Steps are cached per (model, loss, metrics), so
       calling this again does not compile again.
+
+    Raises:
+      TypeError: If ``model``, ``loss_fn`` or ``metrics`` is of the wrong kind.
+      ValueError: If a metric is named ``"loss"`` while ``loss_fn`` is given.
     """
-    metrics = tuple(sorted(dict(metrics or {}).items()))
+    return _build_eval_step("make_eval_step", model, loss_fn, metrics)
+
+
+def _build_eval_step(name: str, model: Any, loss_fn: Any, metrics: Any) -> Callable:
+    check_model(name, model)
+    if loss_fn is not None:
+        check_loss_fn(name, loss_fn)
+    metrics = tuple(sorted(check_metrics(name, metrics, with_loss=loss_fn is not None).items()))
     try:
         return _eval_step(model, loss_fn, metrics)
     except TypeError:  # an unhashable hyperparameter: build an uncached step
@@ -145,66 +304,21 @@ def make_eval_step(
 
 @functools.lru_cache(maxsize=64)
 def _eval_step(model: Module, loss_fn: LossFn | None, metrics: tuple) -> Callable:
+    name = "evaluate"
+
     def eval_step(params, batch, state=None):
         inputs, targets = _split_batch(batch)
         if state is None:
             outputs = model.apply(params, *inputs)
         else:
             outputs, _ = model.apply(params, *inputs, state=state)
-        logs = {} if loss_fn is None else {"loss": loss_fn(outputs, targets)}
-        logs.update({name: fn(outputs, targets) for name, fn in metrics})
+        logs = (
+            {} if loss_fn is None else {"loss": _scalar(name, "loss_fn", loss_fn(outputs, targets))}
+        )
+        logs.update(_metric_logs(name, metrics, outputs, targets))
         return logs
 
     return jax.jit(eval_step)
-
-
-def batches(
-    data: Any,
-    batch_size: int,
-    *,
-    key: jax.Array | None = None,
-    drop_last: bool = False,
-) -> Iterator[Any]:
-    """Iterate over in-memory arrays in mini-batches, shuffled by ``key`` when given.
-
-    Args:
-      data: An array or a pytree of arrays (e.g. ``(x, y)``) sharing the leading axis.
-      batch_size: Examples per batch.
-      key: PRNG key of the shuffle; use ``jax.random.fold_in(key, epoch)`` for a new,
-        reproducible order every epoch. No key: the stored order.
-      drop_last: Drop the last batch if it is smaller than ``batch_size``.
-
-    Yields:
-      Pytrees like ``data`` whose leaves have leading axis ``batch_size`` (or fewer).
-
-    Examples:
-      >>> import numpy as np, jax, jnn
-      >>> x, y = np.arange(10.0), np.arange(10)
-      >>> [len(b[0]) for b in jnn.batches((x, y), 4)]
-      [4, 4, 2]
-      >>> [len(b[0]) for b in jnn.batches((x, y), 4, key=jax.random.key(0), drop_last=True)]
-      [4, 4]
-    """
-    leaves = jax.tree.leaves(data)
-    if not leaves:
-        raise ValueError("batches: data holds no arrays.")
-    sizes = {int(np.shape(leaf)[0]) if np.ndim(leaf) else -1 for leaf in leaves}
-    if len(sizes) != 1 or -1 in sizes:
-        raise ValueError(
-            "batches: every array must share the leading (example) axis, got leading sizes "
-            f"{[np.shape(leaf)[:1] for leaf in leaves]}."
-        )
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batches: batch_size must be a positive int, got {batch_size!r}.")
-    (n,) = sizes
-    order = None if key is None else np.asarray(jax.random.permutation(key, n))
-    stop = n - n % batch_size if drop_last else n
-    for start in range(0, stop, batch_size):
-        if order is None:
-            index = slice(start, min(start + batch_size, n))
-        else:
-            index = order[start : start + batch_size]
-        yield jax.tree.map(lambda a, i=index: a[i], data)
 
 
 def evaluate(
@@ -228,13 +342,24 @@ def evaluate(
       data: ``(inputs, targets)`` arrays with a shared leading axis.
       loss_fn: Optional ``loss_fn(outputs, targets) -> scalar``, reported as ``"loss"``.
       metrics: Functions ``metric(outputs, targets) -> scalar`` reported by name.
-      batch_size: Examples per evaluation batch.
+      batch_size: Examples per evaluation batch, a positive int.
       state: The model's state, for stateful models.
 
     Returns:
       A dict of Python floats.
+
+    Raises:
+      TypeError: If an argument is of the wrong kind (``data`` not a pair
+        ``(inputs, targets)`` of arrays, ``metrics`` not a dict of functions, ...).
+      ValueError: If ``data`` holds no examples, its arrays differ in length, or
+        ``batch_size`` is not positive.
     """
-    eval_step = make_eval_step(model, loss_fn, metrics=metrics)
+    name = "evaluate"
+    eval_step = _build_eval_step(name, model, loss_fn, metrics)
+    check_params_leaves(name, params)
+    check_pair(name, data, "data")
+    count_examples(name, data)
+    check_positive_int(name, "batch_size", batch_size)
     totals: dict[str, Any] = {}
     count = 0
     for batch in batches(data, batch_size):
@@ -244,110 +369,3 @@ def evaluate(
             totals[name] = totals.get(name, 0.0) + value * size
         count += size
     return {name: float(total) / count for name, total in totals.items()}
-
-
-class FitResult(NamedTuple):
-    """What ``fit`` returns."""
-
-    params: Params
-    state: State | None
-    opt_state: Any
-    history: dict[str, list[float]]
-    """Per-epoch means: ``loss`` and metrics on training batches, ``eval_*`` on ``eval_data``."""
-
-
-def fit(
-    model: Module,
-    params: Params,
-    loss_fn: LossFn,
-    optimizer: optax.GradientTransformation,
-    train_data: Batch,
-    *,
-    key: jax.Array,
-    epochs: int = 1,
-    batch_size: int = 32,
-    state: State | None = None,
-    opt_state: Any = None,
-    eval_data: Batch | None = None,
-    metrics: MetricFns | None = None,
-    progress: bool = True,
-    drop_last: bool = True,
-) -> FitResult:
-    """Train for ``epochs`` passes over ``train_data`` and return the history.
-
-    Every epoch shuffles the data with ``fold_in(key, epoch)``, and every step gets its own
-    key for stochastic layers. Training metrics are averaged over the epoch's batches;
-    ``eval_data`` is evaluated after each epoch in inference mode. The progress bar uses
-    ``tqdm.auto`` (a widget in notebooks, text in terminals).
-
-    Args:
-      model: The model.
-      params: Initial params (copied: the caller's arrays stay valid).
-      loss_fn: ``loss_fn(outputs, targets) -> scalar``.
-      optimizer: An optax gradient transformation.
-      train_data: ``(inputs, targets)`` arrays with a shared leading axis.
-      key: PRNG key of the shuffles and the stochastic layers.
-      epochs: Passes over the data.
-      batch_size: Examples per step.
-      state: Initial state, for stateful models (from ``init_with_state``).
-      opt_state: Optimizer state to resume from; ``optimizer.init(params)`` by default.
-      eval_data: Optional ``(inputs, targets)`` evaluated after each epoch.
-      metrics: Functions ``metric(outputs, targets)`` reported by name.
-      progress: Show a progress bar.
-      drop_last: Skip each epoch's last incomplete batch (one compiled shape).
-
-    Returns:
-      ``FitResult(params, state, opt_state, history)``.
-    """
-    params = jax.tree.map(jnp.copy, params)
-    state = None if state is None else jax.tree.map(jnp.copy, state)
-    opt_state = optimizer.init(params) if opt_state is None else jax.tree.map(jnp.copy, opt_state)
-    train_data = jax.tree.map(np.asarray, train_data)
-    step = make_train_step(model, loss_fn, optimizer, metrics=metrics)
-    n = int(np.shape(jax.tree.leaves(train_data)[0])[0])
-    steps_per_epoch = n // batch_size if drop_last else math.ceil(n / batch_size)
-    if steps_per_epoch == 0:
-        raise ValueError(
-            f"fit: {n} examples give no full batch of {batch_size}; lower batch_size "
-            "or pass drop_last=False."
-        )
-    shuffle_key, step_key = jax.random.split(key)
-    history: dict[str, list[float]] = {}
-    bar = _progress(epochs * steps_per_epoch, progress)
-    global_step = 0
-    for epoch in range(epochs):
-        epoch_logs = []
-        order_key = jax.random.fold_in(shuffle_key, epoch)
-        for batch in batches(train_data, batch_size, key=order_key, drop_last=drop_last):
-            k = jax.random.fold_in(step_key, global_step)
-            if state is None:
-                params, opt_state, logs = step(params, opt_state, batch, k)
-            else:
-                params, opt_state, state, logs = step(params, opt_state, batch, k, state)
-            epoch_logs.append(logs)
-            global_step += 1
-            if bar is not None:
-                bar.update(1)
-        means = jax.device_get(jax.tree.map(lambda *v: jnp.mean(jnp.stack(v)), *epoch_logs))
-        summary = {name: float(value) for name, value in means.items()}
-        if eval_data is not None:
-            scores = evaluate(
-                model, params, eval_data, loss_fn=loss_fn, metrics=metrics, state=state
-            )
-            summary.update({f"eval_{name}": value for name, value in scores.items()})
-        for name, value in summary.items():
-            history.setdefault(name, []).append(value)
-        if bar is not None:
-            bar.set_description(f"epoch {epoch + 1}/{epochs}")
-            bar.set_postfix({name: f"{value:.4g}" for name, value in summary.items()})
-    if bar is not None:
-        bar.close()
-    return FitResult(params, state, opt_state, history)
-
-
-def _progress(total: int, enabled: bool):
-    if not enabled:
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, unit="step", dynamic_ncols=True)

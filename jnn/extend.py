@@ -26,7 +26,9 @@ from jnn._checks import (
     check_positive_int,
     check_rank,
     check_values,
+    is_apply_check,
     is_concrete,
+    raise_at_run_time,
 )
 from jnn._errors import layer_name
 from jnn._module import Shape
@@ -40,8 +42,10 @@ __all__ = [
     "check_key",
     "check_params_leaves",
     "is_concrete",
+    "is_apply_check",
     "check_values",
     "check_at_run_time",
+    "raise_at_run_time",
     "child_key",
     "layer_name",
     "spec",

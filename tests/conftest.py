@@ -1,8 +1,15 @@
 """Shared fixtures: small inputs and keys, so every test stays fast on two CPU cores."""
 
-import jax
-import numpy as np
-import pytest
+import os
+
+# The tests run in several worker processes (pytest-xdist); on a GPU each would otherwise
+# reserve most of its memory at start-up.
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
 
 
 @pytest.fixture
@@ -32,3 +39,37 @@ def check_gradients(f, args, order=1):
     from jax.test_util import check_grads
 
     check_grads(f, args, order=order, modes=("fwd", "rev"), atol=1e-2, rtol=1e-2, eps=1e-3)
+
+
+# PyTorch layouts to jnn's. Array methods and jax.numpy only, so these take NumPy or JAX
+# arrays alike and can be differentiated through (tests/test_torch_parity.py maps
+# gradients back to PyTorch's names that way).
+
+
+def torch_conv_weight_to_jnn(w):
+    """Conv: PyTorch's ``[features, in // groups, *k]`` to ``[*k, in // groups, features]``."""
+    n = w.ndim - 2
+    return w.transpose((*range(2, 2 + n), 1, 0))
+
+
+def torch_conv_transpose_weight_to_jnn(w, groups):
+    """ConvTranspose: PyTorch's ``[in, features // groups, *k]`` to ``[*k, in // groups, features]``."""
+    channels, f_per_group, *kernel = w.shape
+    n = len(kernel)
+    w = w.reshape(groups, channels // groups, f_per_group, *kernel)
+    w = w.transpose((*range(3, 3 + n), 1, 0, 2))
+    return w.reshape(*kernel, channels // groups, groups * f_per_group)
+
+
+def torch_rnn_params_to_jnn(t, kind, suffix="_l0"):
+    """One layer and direction (``suffix``) of ``torch.nn.RNN``/``LSTM``/``GRU``, given its
+    named parameters ``t``, as params of ``SimpleRNNCell``/``LSTMCell``/``GRUCell``
+    (``kind``: ``"rnn"``, ``"lstm"`` or ``"gru"``)."""
+    w_ih, w_hh = t["weight_ih" + suffix], t["weight_hh" + suffix]
+    b_ih, b_hh = t["bias_ih" + suffix], t["bias_hh" + suffix]
+    params = {"input": {"weight": w_ih.T, "bias": b_ih + b_hh}, "hidden": {"weight": w_hh.T}}
+    if kind == "gru":  # the candidate's hidden bias stays inside r * (h W_hn + b_hn)
+        n = w_hh.shape[1]
+        params["input"]["bias"] = jnp.concatenate([b_ih[: 2 * n] + b_hh[: 2 * n], b_ih[2 * n :]])
+        params["hidden"]["bias"] = b_hh[2 * n :]
+    return params

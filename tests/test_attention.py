@@ -1,5 +1,6 @@
-"""MultiHeadAttention and masks: NumPy references, fused vs explicit, KV cache, causality,
-dropout, gradients, jit/vmap, errors."""
+"""MultiHeadAttention: NumPy references, causality, dropout, gradients, jit/vmap, the
+batch-axis rule, fan-in, errors. The KV cache is tested in test_kv_cache.py, the mask
+helpers in test_masks.py and the kernels in test_dot_product_attention.py."""
 
 import chex
 import jax
@@ -11,16 +12,14 @@ from conftest import TRANSFORMS, check_gradients
 from jnn import (
     DTypeError,
     MissingKeyError,
-    Module,
     MultiHeadAttention,
-    ParamsError,
     Sequential,
     ShapeError,
     causal_mask,
     combine_masks,
+    initializers,
     padding_mask,
 )
-from jnn._attention import _attend_explicit, _attend_fused
 
 # --------------------------------------------------------------------------- references
 
@@ -95,8 +94,8 @@ def normal(seed, shape):
 @pytest.mark.parametrize("batch", [(), (2,)])
 def test_shape_agreement(key, kwargs, head_dim, batch):
     layer = MultiHeadAttention(**kwargs)
-    query = jax.ShapeDtypeStruct((*batch, 3, 8), jnp.float32)
-    key_value = jax.ShapeDtypeStruct((*batch, 6, 7), jnp.float32)
+    query = jax.ShapeDtypeStruct((2, 3, 8), jnp.float32)  # init takes a batched sample
+    key_value = jax.ShapeDtypeStruct((2, 6, 7), jnp.float32)
     params = layer.init(key, query, key_value)
     heads, kv_heads = layer.num_heads, layer.num_kv_heads or layer.num_heads
     features = layer.features or 8
@@ -110,7 +109,7 @@ def test_shape_agreement(key, kwargs, head_dim, batch):
         assert params["output"]["bias"].shape == (features,)
     shapes = jax.eval_shape(layer.init, key, query, key_value)
     chex.assert_trees_all_equal_shapes(shapes, params)
-    out = layer.apply(params, jnp.ones(query.shape), jnp.ones(key_value.shape))
+    out = layer.apply(params, jnp.ones((*batch, 3, 8)), jnp.ones((*batch, 6, 7)))
     assert out.shape == (*batch, 3, features)
 
 
@@ -187,18 +186,6 @@ def test_vmap_over_examples_equals_batch(key):
     )
 
 
-@pytest.mark.parametrize("kv_heads", [1, 2, 4])
-def test_fused_equals_explicit(kv_heads):
-    q = jnp.asarray(normal(0, (2, 4, 4, 3)))
-    k, v = jnp.asarray(normal(1, (2, 6, kv_heads, 3))), jnp.asarray(normal(2, (2, 6, kv_heads, 3)))
-    mask = np.random.default_rng(3).random((2, 4, 4, 6)) > 0.5
-    mask[0, 1, 2] = False  # one fully masked row
-    for m in (None, jnp.asarray(mask), jnp.asarray(mask[:, :1, :, :])):
-        fused, explicit = _attend_fused(q, k, v, m), _attend_explicit(q, k, v, m)
-        np.testing.assert_allclose(fused, explicit, rtol=1e-5, atol=1e-6)
-    np.testing.assert_array_equal(_attend_fused(q, k, v, jnp.asarray(mask))[0, 2, 1], 0.0)
-
-
 def test_fully_masked_rows_output_the_bias(key):
     """A query that may attend to nothing gets a zero attention result: y = output bias."""
     layer = MultiHeadAttention(num_heads=2)
@@ -225,142 +212,6 @@ def test_causal_gradients_are_exactly_zero_for_future_positions(key):
         assert np.any(jac[t, :, t, :] != 0.0)
 
 
-# --------------------------------------------------------------------------- KV cache
-
-
-def decode_by_scan(layer, params, x, max_length):
-    """Run the cached step over every position of x [batch, length, features] in one scan."""
-    cache = layer.init_cache(params, x.shape[0], max_length)
-
-    def step(cache, x_t):
-        y, cache = layer.apply(params, x_t[:, None], cache=cache)
-        return cache, y[:, 0]
-
-    cache, ys = jax.lax.scan(step, cache, jnp.swapaxes(x, 0, 1))
-    return jnp.swapaxes(ys, 0, 1), cache
-
-
-@pytest.mark.parametrize("use_rope", [False, True], ids=["plain", "rope"])
-@pytest.mark.parametrize("kv_heads", [1, 2, 4])
-def test_decoding_with_cache_matches_causal_forward(key, use_rope, kv_heads):
-    layer = MultiHeadAttention(num_heads=4, num_kv_heads=kv_heads, use_rope=use_rope)
-    x = jnp.asarray(normal(0, (2, T, F)))
-    params = random_params(layer, key, x)
-    full = layer.apply(params, x, mask=causal_mask(T))
-    decoded, cache = jax.jit(decode_by_scan, static_argnums=(0, 3))(layer, params, x, T + 2)
-    np.testing.assert_allclose(decoded, full, rtol=1e-5, atol=1e-5)
-    assert int(cache["index"]) == T
-    assert cache["key"].shape == (2, T + 2, kv_heads, 2)
-    np.testing.assert_array_equal(cache["key"][:, T:], 0.0)  # never written
-
-
-@pytest.mark.parametrize("use_rope", [False, True], ids=["plain", "rope"])
-def test_prefill_chunk_then_steps_eagerly(key, use_rope):
-    layer = MultiHeadAttention(num_heads=2, use_rope=use_rope)
-    x = jnp.asarray(normal(0, (2, T, F)))
-    params = random_params(layer, key, x)
-    full = layer.apply(params, x, mask=causal_mask(T))
-    cache = layer.init_cache(params, 2, T)
-    first, cache = layer.apply(params, x[:, :3], cache=cache)
-    outs = [first]
-    for t in range(3, T):
-        y, cache = layer.apply(params, x[:, t : t + 1], cache=cache)
-        outs.append(y)
-    np.testing.assert_allclose(jnp.concatenate(outs, axis=1), full, rtol=1e-5, atol=1e-5)
-
-
-def test_unbatched_cache_and_vmap(key):
-    layer = MultiHeadAttention(num_heads=2, use_rope=True)
-    x = jnp.asarray(normal(0, (3, T, F)))
-    params = random_params(layer, key, x)
-    full = layer.apply(params, x, mask=causal_mask(T))
-    cache = layer.init_cache(params, None, T)
-    assert cache["key"].shape == (T, 2, 4)
-
-    def decode_one(x):  # x: [length, features], cache unbatched
-        def step(cache, x_t):
-            y, cache = layer.apply(params, x_t[None], cache=cache)
-            return cache, y[0]
-
-        return jax.lax.scan(step, cache, x)[1]
-
-    np.testing.assert_allclose(jax.vmap(decode_one)(x), full, rtol=1e-5, atol=1e-5)
-
-
-def test_cache_with_padding_mask(key):
-    """A user mask over the cache's positions combines with the causal cache mask."""
-    layer = MultiHeadAttention(num_heads=2)
-    x = jnp.asarray(normal(0, (2, T, F)))
-    params = random_params(layer, key, x)
-    valid = np.array([[True] * T, [False, True, True, True, True]])
-    full = layer.apply(params, x, mask=combine_masks(causal_mask(T), padding_mask(valid)))
-    cache = layer.init_cache(params, 2, T)
-    y, _ = layer.apply(params, x, cache=cache, mask=padding_mask(valid))
-    np.testing.assert_allclose(y, full, rtol=1e-5, atol=1e-5)
-
-
-def test_init_cache_from_shapes_and_dtype(key):
-    layer = MultiHeadAttention(num_heads=4, num_kv_heads=2, head_dim=3)
-    shapes = jax.eval_shape(layer.init, key, jax.ShapeDtypeStruct((1, 2, 8), jnp.float32))
-    cache = layer.init_cache(shapes, 5, 16, jnp.bfloat16)
-    assert cache["key"].shape == cache["value"].shape == (5, 16, 2, 3)
-    assert cache["key"].dtype == jnp.bfloat16 and cache["index"].dtype == jnp.int32
-    with pytest.raises(
-        ParamsError, match=r"MultiHeadAttention: init_cache needs this layer's params"
-    ):
-        layer.init_cache({}, 5, 16)
-    with pytest.raises(
-        ValueError, match=r"MultiHeadAttention: max_length must be a positive int, got 0"
-    ):
-        layer.init_cache(shapes, 5, 0)
-
-
-def test_cache_overflow(key):
-    layer = MultiHeadAttention(num_heads=2)
-    x = jnp.ones((1, 1, F))
-    params = layer.init(key, x)
-    cache = layer.init_cache(params, 1, 2)
-    with pytest.raises(
-        ShapeError,
-        match=r"MultiHeadAttention: cache overflow: 3 new positions at index 0 do not fit in the cache's max_length 2",
-    ):
-        layer.apply(params, jnp.ones((1, 3, F)), cache=cache)
-    with pytest.raises(ShapeError, match=r"cache overflow: 3 new positions do not fit"):  # static
-        jax.jit(lambda c: layer.apply(params, jnp.ones((1, 3, F)), cache=c))(cache)
-    for _ in range(2):
-        _, cache = layer.apply(params, x, cache=cache)
-    with pytest.raises(
-        ShapeError,
-        match=r"cache overflow: 1 new positions at index 2 do not fit in the cache's max_length 2",
-    ):
-        layer.apply(params, x, cache=cache)
-    # Under jit the index is traced: the overflowing step gives NaN instead.
-    y, cache = jax.jit(lambda c: layer.apply(params, x, cache=c))(cache)
-    assert np.isnan(y).all() and int(cache["index"]) == 3
-
-
-def test_cache_errors(key):
-    layer = MultiHeadAttention(num_heads=2, num_kv_heads=1)
-    x = jnp.ones((2, 1, F))
-    params = layer.init(key, x)
-    cache = layer.init_cache(params, 2, 4)
-    with pytest.raises(
-        ShapeError, match=r"MultiHeadAttention: a cache decodes self-attention only"
-    ):
-        layer.apply(params, x, x, cache=cache)
-    with pytest.raises(
-        ShapeError,
-        match=r"expected cache key and value of shape \(2, 'max_length', 1, 4\) for query shape \(2, 1, 8\), got \(3, 4, 1, 4\)",
-    ):
-        layer.apply(params, x, cache=layer.init_cache(params, 3, 4))
-    with pytest.raises(
-        ShapeError, match=r"expected a cache with keys index, key, value, got \['key'\]"
-    ):
-        layer.apply(params, x, cache={"key": cache["key"]})
-    with pytest.raises(ShapeError, match=r"mask broadcastable to .* = \(2, 2, 1, 4\)"):
-        layer.apply(params, x, cache=cache, mask=causal_mask(4))
-
-
 # --------------------------------------------------------------------------- dropout
 
 
@@ -382,17 +233,6 @@ def test_dropout(key):
     dropped_all = MultiHeadAttention(num_heads=2, dropout_rate=1.0)
     y = dropped_all.apply(params, x, key=key, is_training=True)
     np.testing.assert_allclose(y, jnp.broadcast_to(params["output"]["bias"], y.shape), rtol=1e-6)
-
-
-def test_dropout_drops_attention_weights_inverted(key):
-    """With V = identity-like values, the output is the dropped weights; their mean is kept."""
-    q = jnp.zeros((1, 1, 1, 2))  # equal logits: weights 1/8 each
-    k = jnp.zeros((1, 8, 1, 2))
-    v = jnp.eye(8)[None, :, None, :]  # value s is the one-hot e_s
-    out = _attend_explicit(q, k, v, None, 0.5, key)[0, 0, 0]
-    assert set(np.round(np.asarray(out), 6).tolist()) <= {0.0, 0.25}
-    means = [_attend_explicit(q, k, v, None, 0.5, jax.random.key(i)).sum() for i in range(200)]
-    np.testing.assert_allclose(np.mean(means), 1.0, atol=0.05)
 
 
 # --------------------------------------------------------------------------- gradients
@@ -425,62 +265,6 @@ def test_cross_attention_gradients(key):
     check_gradients(jax.jit(lambda p, q, kv: layer.apply(p, q, kv).sum()), (params, q, kv))
 
 
-# --------------------------------------------------------------------------- composites
-
-
-class Decoder(Module):
-    """A composite passing mask and cache through scope, as a decoder block would."""
-
-    def forward(self, scope, x, *, mask=None, cache=None):
-        attention = MultiHeadAttention(num_heads=2)
-        if cache is None:
-            return x + scope("attention", attention, x, mask=mask)
-        y, cache = scope("attention", attention, x, mask=mask, cache=cache)
-        return x + y, cache
-
-
-def test_mask_and_cache_pass_through_a_composite(key):
-    model = Decoder()
-    x = jnp.asarray(normal(0, (2, T, F)))
-    params = model.init(key, x)
-    assert set(params["attention"]) == {"query", "key", "value", "output"}
-    full = model.apply(params, x, mask=causal_mask(T))
-    cache = MultiHeadAttention(num_heads=2).init_cache(params["attention"], 2, T)
-    y, cache = model.apply(params, x[:, :2], cache=cache)
-    z, cache = model.apply(params, x[:, 2:], cache=cache)
-    np.testing.assert_allclose(jnp.concatenate([y, z], 1), full, rtol=1e-5, atol=1e-5)
-
-
-# --------------------------------------------------------------------------- masks
-
-
-def test_mask_helpers():
-    np.testing.assert_array_equal(causal_mask(3), np.tril(np.ones((3, 3), bool))[None, None])
-    expected = np.array([[1, 1, 0, 0], [1, 1, 1, 1]], bool)[:, None, None]
-    np.testing.assert_array_equal(padding_mask(jnp.array([2, 4]), 4), expected)
-    np.testing.assert_array_equal(padding_mask(expected[:, 0, 0]), expected)
-    combined = combine_masks(causal_mask(4), padding_mask(jnp.array([2, 4]), 4))
-    assert combined.shape == (2, 1, 4, 4)
-    np.testing.assert_array_equal(combined, np.tril(np.ones((4, 4), bool)) & expected)
-    assert combine_masks(None, None) is None
-    with pytest.raises(ShapeError, match=r"padding_mask: integer lengths need length="):
-        padding_mask(jnp.array([2, 4]))
-    with pytest.raises(
-        DTypeError, match=r"padding_mask: expected integer lengths .* got dtype float32"
-    ):
-        padding_mask(jnp.array([2.0]), 4)
-    with pytest.raises(ShapeError, match=r"padding_mask: length 5 differs from the mask's kv_len"):
-        padding_mask(expected[:, 0, 0], 5)
-    with pytest.raises(
-        ShapeError, match=r"combine_masks: masks of shapes \(1, 1, 3, 3\), \(2, 1, 1, 4\)"
-    ):
-        combine_masks(causal_mask(3), padding_mask(jnp.array([2, 4]), 4))
-    with pytest.raises(
-        DTypeError, match=r"combine_masks: expected boolean masks, got dtype float32"
-    ):
-        combine_masks(causal_mask(3), jnp.ones((3, 3)))
-
-
 # --------------------------------------------------------------------------- errors
 
 
@@ -499,9 +283,27 @@ def test_hyperparameter_errors():
     ):
         MultiHeadAttention(num_heads=4, features=10)
     with pytest.raises(
-        ValueError, match=r"MultiHeadAttention: use_rope needs an even head_dim, got 3"
+        ValueError, match=r"MultiHeadAttention: use_rope needs an even head_dim, got 3\.$"
     ):
         MultiHeadAttention(num_heads=4, head_dim=3, use_rope=True)
+    with pytest.raises(
+        ValueError,
+        match=r"MultiHeadAttention: use_rope needs an even head_dim, got 3 \(features 12 / num_heads 4\)",
+    ):
+        MultiHeadAttention(num_heads=4, features=12, use_rope=True)
+    with pytest.raises(
+        ValueError, match=r"MultiHeadAttention: rope_base must be a number greater than 1, got 1.0"
+    ):
+        MultiHeadAttention(num_heads=4, rope_base=1.0)
+    with pytest.raises(
+        TypeError, match=r"MultiHeadAttention: num_kv_heads must be an int or None, got 2.0"
+    ):
+        MultiHeadAttention(num_heads=4, num_kv_heads=2.0)
+    with pytest.raises(
+        ValueError, match=r"MultiHeadAttention: head_dim must be a positive int, got -2"
+    ):
+        MultiHeadAttention(num_heads=4, head_dim=-2)
+    assert MultiHeadAttention(np.int64(4)).num_heads == 4  # NumPy ints are ints
     with pytest.raises(
         ValueError, match=r"MultiHeadAttention: dropout_rate must be in \[0, 1\], got 1.5"
     ):
@@ -521,13 +323,18 @@ def test_input_errors(key):
         layer.init(key, jnp.zeros((2, 3, 9)))
     with pytest.raises(
         ShapeError,
-        match=r"MultiHeadAttention: expected query \[batch, q_len, features\] of rank 2 or 3, got shape \(8,\)",
+        match=r"MultiHeadAttention: expected query \[batch, q_len, features\] of rank 3, got shape \(8,\)\.$",
     ):
         layer.init(key, jnp.zeros((8,)))
     with pytest.raises(
-        DTypeError, match=r"MultiHeadAttention: expected a floating-point query, got dtype int32"
+        DTypeError,
+        match=r"MultiHeadAttention: expected a floating-point query, got dtype int32\. Hint: embed token ids first \(jnn.Embedding\)",
     ):
         layer.init(key, jnp.zeros((2, 3, 8), jnp.int32))
+    with pytest.raises(
+        DTypeError, match=r"MultiHeadAttention: expected a floating-point key_value, got dtype bool"
+    ):
+        layer.init(key, jnp.zeros((2, 3, 8)), jnp.zeros((2, 3, 8), bool))
     params = layer.init(key, jnp.zeros((2, 3, 8)), jnp.zeros((2, 4, 6)))
     with pytest.raises(
         ShapeError,
@@ -554,9 +361,109 @@ def test_input_errors(key):
         layer.apply(params, q, kv, mask=padding_mask(jnp.array([1, 2, 3]), 4))
     with pytest.raises(
         DTypeError,
-        match=r"MultiHeadAttention: expected a boolean mask \(True = attend\), got dtype float32",
+        match=r"MultiHeadAttention: expected a boolean mask \(True = attend\), got dtype float32\. Hint: from a 0/1 mask use m.astype\(bool\), from an additive one \(0 or -inf\) m == 0; a PyTorch boolean attn_mask \(True = masked\) is ~m\.",
     ):
         layer.apply(params, q, kv, mask=jnp.ones((3, 4)))
+    with pytest.raises(DTypeError, match=r"expected a boolean mask .* got dtype int32"):
+        layer.apply(params, q, kv, mask=np.ones((3, 4), np.int32))
+    with pytest.raises(ShapeError, match=r"= \(2, 2, 3, 4\), got shape \(1, 1, 1, 3, 4\)"):
+        layer.apply(params, q, kv, mask=np.ones((1, 1, 1, 3, 4), bool))
+    with pytest.raises(
+        ShapeError,
+        match=r"MultiHeadAttention: expected query \[batch, q_len, features\] \(or one unbatched \[q_len, features\]\) of rank 2 or 3, got shape \(1, 2, 3, 8\)",
+    ):
+        layer.apply(params, jnp.zeros((1, 2, 3, 8)))
+    with pytest.raises(
+        ShapeError,
+        match=r"expected key_value \[batch, kv_len, features\] with the query's batch shape \(\), got shape \(2, 4, 6\) \(query shape \(3, 8\)\)",
+    ):
+        layer.apply(params, jnp.zeros((3, 8)), kv)
+
+
+def test_rope_with_an_odd_head_dim_from_the_input_fails_at_init(key):
+    with pytest.raises(
+        ShapeError,
+        match=r"MultiHeadAttention: use_rope needs an even head_dim, got 3 \(features 6 / num_heads 2\)",
+    ):
+        MultiHeadAttention(num_heads=2, use_rope=True).init(key, jnp.zeros((1, 4, 6)))
+
+
+# --------------------------------------------------------------------------- batch axis
+
+TABLE = r"Hint: a \(batch, features\) table would make examples attend to each other; add a length axis: x\[:, None, :\]\."
+
+
+def test_init_refuses_a_table_without_a_length_axis(key):
+    layer = MultiHeadAttention(num_heads=2)
+    with pytest.raises(
+        ShapeError,
+        match=r"MultiHeadAttention: expected query \[batch, q_len, features\] of rank 3, got shape \(32, 8\)\. "
+        + TABLE,
+    ):
+        layer.init(key, jnp.zeros((32, 8)))
+    with pytest.raises(
+        ShapeError,
+        match=r"expected key_value \[batch, kv_len, features\] of rank 3, got shape \(32, 6\)\. "
+        + TABLE,
+    ):
+        layer.init(key, jnp.zeros((32, 1, 8)), jnp.zeros((32, 6)))
+    # Inside a composite the concrete init of the child refuses it too, with its path.
+    with pytest.raises(ShapeError, match=r"MultiHeadAttention at 'attention': .*" + TABLE):
+        Sequential({"attention": layer}).init(key, jnp.zeros((32, 8)))
+    # The fix the hint names works, and gives one output per example.
+    table = jnp.asarray(normal(0, (32, 8)))
+    params = layer.init(key, table[:, None, :])
+    assert layer.apply(params, table[:, None, :]).shape == (32, 1, 8)
+
+
+def test_apply_takes_one_unbatched_example_for_vmap(key):
+    """apply reads a rank-2 input as one sequence, so vmap over examples works; init
+    refuses one, under jax.eval_shape too."""
+    layer = MultiHeadAttention(num_heads=2, num_kv_heads=1)
+    x, context = jnp.asarray(normal(0, (3, T, F))), jnp.asarray(normal(1, (3, 4, 6)))
+    params = layer.init(key, x, context)
+    batched = layer.apply(params, x, context)
+    mapped = jax.jit(jax.vmap(lambda x, c: layer.apply(params, x, c)))(x, context)
+    np.testing.assert_allclose(mapped, batched, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        layer.apply(params, x[1], context[1]), batched[1], rtol=1e-5, atol=1e-6
+    )
+    with pytest.raises(ShapeError, match=r"\(batch, features\) table"):
+        jax.eval_shape(layer.init, key, jax.ShapeDtypeStruct((T, F), jnp.float32))
+
+
+# --------------------------------------------------------------------------- fan-in
+
+
+def test_initializers_receive_the_projection_fan_in(key):
+    """Each projection's weight and bias get fan_in = its input size, as torch.nn.Linear
+    reads it: query q_features, key/value kv_features, output num_heads * head_dim."""
+    seen = {}
+
+    def recording(name):
+        def init(key, shape, dtype=jnp.float32, *, fan_in=None):
+            seen.setdefault(name, []).append((tuple(shape), fan_in))
+            return jnp.zeros(shape, dtype)
+
+        return init
+
+    layer = MultiHeadAttention(
+        num_heads=4, num_kv_heads=2, head_dim=3, w_init=recording("w"), b_init=recording("b")
+    )
+    layer.init(key, jnp.zeros((1, 2, 8)), jnp.zeros((1, 5, 6)))
+    assert seen["w"] == [((8, 12), 8), ((6, 6), 6), ((6, 6), 6), ((12, 8), 12)]
+    assert seen["b"] == [((12,), 8), ((6,), 6), ((6,), 6), ((8,), 12)]
+    torch_like = MultiHeadAttention(
+        num_heads=2,
+        w_init=initializers.pytorch_default(),
+        b_init=initializers.pytorch_default(),
+    )
+    params = torch_like.init(key, jnp.zeros((1, 2, 64)), jnp.zeros((1, 2, 4)))
+    bounds = {"query": 1 / 8, "key": 1 / 2, "value": 1 / 2, "output": 1 / 8}
+    for name, bound in bounds.items():
+        for leaf in params[name].values():
+            assert float(jnp.abs(leaf).max()) <= bound
+        assert float(jnp.abs(params[name]["weight"]).max()) > 0.8 * bound
 
 
 def test_errors_name_the_path_in_a_model(key):
@@ -566,34 +473,3 @@ def test_errors_name_the_path_in_a_model(key):
         ShapeError, match=r"MultiHeadAttention at 'attention': expected query with last dimension 8"
     ):
         model.apply(params, jnp.zeros((1, 3, 4)))
-
-
-@pytest.mark.parametrize("kv_heads", [1, 4])
-def test_every_implementation_gives_the_same_layer(key, kv_heads):
-    """The backend default, the einsum form and jax.nn.dot_product_attention agree, in
-    value and gradient, with a mask that hides whole rows."""
-    x = jnp.asarray(normal(0, (2, 5, 8)))
-    mask = jnp.asarray(np.random.default_rng(1).random((2, 1, 5, 5)) > 0.4).at[0, 0, 2].set(False)
-    layers = {
-        impl: MultiHeadAttention(num_heads=4, num_kv_heads=kv_heads, implementation=impl)
-        for impl in (None, "einsum", "xla")
-    }
-    params = layers[None].init(key, x)
-
-    def loss(params, layer):
-        return jnp.sum(jnp.sin(layer.apply(params, x, mask=mask)))
-
-    reference = layers["einsum"].apply(params, x, mask=mask)
-    ref_grads = jax.grad(loss)(params, layers["einsum"])
-    for impl in (None, "xla"):
-        np.testing.assert_allclose(
-            layers[impl].apply(params, x, mask=mask), reference, rtol=1e-5, atol=1e-6
-        )
-        chex.assert_trees_all_close(jax.grad(loss)(params, layers[impl]), ref_grads, atol=1e-5)
-
-
-def test_default_implementation_follows_the_backend():
-    from jnn._attention import _fused
-
-    assert _fused(None) == (jax.default_backend() != "cpu")
-    assert not _fused("einsum") and _fused("xla") and _fused("cudnn")

@@ -1,5 +1,6 @@
 """Conv and ConvTranspose: NumPy loop references, PyTorch's size formula, gradients, errors."""
 
+import dataclasses
 import itertools
 
 import chex
@@ -243,12 +244,12 @@ def test_conv_transpose_output_size_is_pytorchs(stride, dilation):
         if extra >= max(stride, dilation) or expected < 1:
             continue
         layer = ConvTranspose(2, kernel, stride, padding, extra, dilation)
-        x = jax.ShapeDtypeStruct((size, 3), jnp.float32)
+        x = jax.ShapeDtypeStruct((1, size, 3), jnp.float32)
         params = jax.eval_shape(layer.init, jax.random.key(0), x)
-        assert jax.eval_shape(layer.apply, params, x).shape == (expected, 2)
+        assert jax.eval_shape(layer.apply, params, x).shape == (1, expected, 2)
         if padding == 0:
             valid = ConvTranspose(2, kernel, stride, "VALID", extra, dilation)
-            assert jax.eval_shape(valid.apply, params, x).shape == (expected, 2)
+            assert jax.eval_shape(valid.apply, params, x).shape == (1, expected, 2)
     same = ConvTranspose(2, 3, stride, "SAME", dilation=dilation)
     x = jax.ShapeDtypeStruct((1, 5, 3), jnp.float32)
     params = jax.eval_shape(same.init, jax.random.key(0), x)
@@ -328,7 +329,8 @@ def test_vmap_and_unbatched_equal_the_batched_call(rng, layer, shape):
         jax.vmap(layer.apply, in_axes=(None, 0))(params, x), batched, rtol=1e-5, atol=1e-6
     )
     np.testing.assert_allclose(layer.apply(params, x[0]), batched[0], rtol=1e-5, atol=1e-6)
-    chex.assert_trees_all_equal_shapes(zero_params(layer, x[0]), params)
+    vmapped = jax.jit(jax.vmap(layer.apply, in_axes=(None, 0)))(params, x)
+    np.testing.assert_allclose(vmapped, batched, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("make", [Conv, ConvTranspose])
@@ -341,7 +343,6 @@ def test_init_from_shape_dtype_struct(make):
     params = layer.init(key, spec)
     assert jax.tree.map(jnp.shape, params) == {"weight": (3, 2, 3, 4), "bias": (4,)}
     chex.assert_trees_all_equal(params, layer.init(key, jnp.zeros(shape)))
-    chex.assert_trees_all_equal(params, layer.init(key, jnp.zeros(shape[1:])))  # unbatched
     chex.assert_trees_all_equal_shapes(jax.eval_shape(layer.init, key, spec), params)
     assert not np.allclose(params["weight"][..., 0], params["weight"][..., 1])
 
@@ -366,7 +367,104 @@ def test_hyperparameters_are_normalised_and_hashable():
     assert repr(Conv(4, (3, 3))) == "Conv(features=4, kernel_size=(3, 3))"
 
 
+# --------------------------------------------------------------------------- initialization
+
+
+def recorded_fan_ins(layer, shape):
+    """The fan-ins ``layer.init`` hands its initializers, weight's then bias's."""
+    seen = []
+
+    def record(key, shape, dtype=jnp.float32, *, fan_in=None):
+        seen.append(fan_in)
+        return jnp.zeros(shape, dtype)
+
+    jax.eval_shape(
+        dataclasses.replace(layer, w_init=record, b_init=record).init,
+        jax.random.key(0),
+        jax.ShapeDtypeStruct(shape, jnp.float32),
+    )
+    return seen
+
+
+# (layer, input shape, the same layer in PyTorch as (class name, args))
+FAN_IN_CASES = [
+    (Conv(6, 3, groups=2), (1, 9, 4), ("Conv1d", (4, 6, 3), {"groups": 2})),
+    (Conv(8, (3, 2)), (1, 6, 6, 3), ("Conv2d", (3, 8, (3, 2)), {})),
+    (Conv(4, (2, 2, 3), groups=4), (1, 4, 4, 4, 8), ("Conv3d", (8, 4, (2, 2, 3)), {"groups": 4})),
+    (ConvTranspose(6, 3, groups=2), (1, 5, 4), ("ConvTranspose1d", (4, 6, 3), {"groups": 2})),
+    (ConvTranspose(5, (3, 2)), (1, 4, 4, 3), ("ConvTranspose2d", (3, 5, (3, 2)), {})),
+]
+
+
+@pytest.mark.parametrize("layer, shape, torch_layer", FAN_IN_CASES, ids=str)
+def test_initializers_receive_pytorchs_fan_in(layer, shape, torch_layer):
+    torch = pytest.importorskip("torch")
+    name, args, kwargs = torch_layer
+    module = getattr(torch.nn, name)(*args, **kwargs)
+    fan_in, _ = torch.nn.init._calculate_fan_in_and_fan_out(module.weight)
+    assert recorded_fan_ins(layer, shape) == [fan_in, fan_in]
+
+
+@pytest.mark.parametrize("make", [Conv, ConvTranspose])
+def test_pytorch_default_gives_torchs_bounds(make):
+    init = jnn.initializers.pytorch_default()
+    layer = make(64, (3, 3), groups=2, w_init=init, b_init=init)
+    params = layer.init(jax.random.key(0), jnp.zeros((1, 5, 5, 16)))
+    # Conv: in_channels // groups * 9 = 72; ConvTranspose: features // groups * 9 = 288.
+    bound = 1 / np.sqrt(72 if make is Conv else 288)
+    for name in ("weight", "bias"):
+        values = np.abs(np.asarray(params[name]))
+        assert values.max() <= bound
+        assert values.max() > 0.9 * bound  # uniform over the whole range, not narrower
+    torch = pytest.importorskip("torch")
+    module = (torch.nn.Conv2d if make is Conv else torch.nn.ConvTranspose2d)(16, 64, 3, groups=2)
+    for tensor in (module.weight, module.bias):
+        assert 0.9 * bound < float(tensor.detach().abs().max()) <= bound
+
+
+def test_default_initializer_is_unchanged():
+    """LeCun normal, fan-in read from the weight's shape: prod(kernel) * in / groups."""
+    layer = Conv(4, (3, 3), groups=2)
+    params = layer.init(jax.random.key(1), jnp.zeros((1, 5, 5, 4)))
+    expected = jnn.initializers.lecun_normal()(
+        jnn.extend.child_key(jax.random.key(1), "weight"), (3, 3, 2, 4), jnp.float32
+    )
+    np.testing.assert_array_equal(params["weight"], expected)
+    np.testing.assert_array_equal(params["bias"], np.zeros(4))
+
+
 # --------------------------------------------------------------------------- errors
+
+
+@pytest.mark.parametrize(
+    "make, match",
+    [
+        (lambda: Conv(4, "3"), r"^Conv: kernel_size must be an int or a list or tuple of ints, "),
+        (lambda: Conv(4, 3.0), r"^Conv: kernel_size must be an int or a list or tuple of ints"),
+        (lambda: Conv(4, (3, 3.0)), r"^Conv: kernel_size must be .*got \(3, 3\.0\) \(tuple\)"),
+        (lambda: Conv(4.0, 3), r"^Conv: features must be an int, got 4\.0 \(float\)\."),
+        (lambda: Conv(True, 3), r"^Conv: features must be an int, got True \(bool\)\."),
+        (lambda: Conv(4, 3, stride=1.5), r"^Conv: stride must be an int or a list or tuple"),
+        (lambda: Conv(4, 3, groups=2.0), r"^Conv: groups must be an int, got 2\.0 \(float\)"),
+        (lambda: Conv(4, 3, padding=None), r"^Conv: padding must be a string or an int or "),
+        (
+            lambda: Conv(4, (3, 3), padding=((1, 2, 3), 1)),
+            r"^Conv: padding must be .*a tuple of 2 \(an int, an int\), got \(\(1, 2, 3\), 1\)",
+        ),
+        (lambda: Conv(4, 3, use_bias=1), r"^Conv: use_bias must be a bool, got 1 \(int\)\."),
+        (lambda: Conv(4, 3, w_init="normal"), r"^Conv: w_init must be a function"),
+        (
+            lambda: Conv(4, 3, param_dtype=jnp.int32),
+            r"^Conv: param_dtype must be a floating-point dtype such as jnp\.float32, "
+            r"got int32\.",
+        ),
+        (lambda: Conv(4, 3, param_dtype=None), r"^Conv: param_dtype .*got None\."),
+        (lambda: ConvTranspose(4, 3, output_padding=0.5), r"^ConvTranspose: output_padding must"),
+    ],
+)
+def test_hyperparameter_type_errors(make, match):
+    with pytest.raises(TypeError, match=match):
+        make()
 
 
 @pytest.mark.parametrize(
@@ -376,21 +474,22 @@ def test_hyperparameters_are_normalised_and_hashable():
         (lambda: Conv(4, 0), r"Conv: kernel_size must be positive, got 0\."),
         (lambda: Conv(4, (3, -1)), r"Conv: kernel_size must be positive, got \(3, -1\)\."),
         (lambda: Conv(4, ()), r"Conv: kernel_size must be an int \(1-D\) or a tuple"),
-        (lambda: Conv(4, "3"), r"Conv: kernel_size must be an int \(1-D\) or a tuple"),
         (lambda: Conv(4, (3, 3), stride=0), r"Conv: stride must be positive, got 0\."),
         (
             lambda: Conv(4, (3, 3), stride=(1, 2, 1)),
-            r"Conv: stride must be an int or 2 ints \(one per spatial axis",
+            r"Conv: stride must be an int or 2 ints \(one per spatial axis, as in kernel_size\), "
+            r"got \(1, 2, 1\)\.",
         ),
         (lambda: Conv(4, (3, 3), dilation=(1, 0)), r"Conv: dilation must be positive"),
+        (lambda: Conv(4, 3, dilation=(1, 1)), r"Conv: dilation must be an int or 1 ints"),
         (
             lambda: Conv(4, 3, padding="FULL"),
             r"Conv: padding must be 'SAME', 'VALID', an int, or one int or \(low, high\) "
             r"pair per spatial axis \(1\), got 'FULL'\.",
         ),
         (lambda: Conv(4, (3, 3), padding=((1, 1),)), r"pair per spatial axis \(2\), got"),
-        (lambda: Conv(4, (3, 3), padding=((1, 2, 3), 1)), r"pair per spatial axis \(2\), got"),
         (lambda: Conv(4, 3, padding=-1), r"Conv: padding must be non-negative, got -1\."),
+        (lambda: Conv(4, 3, padding=((0, -1),)), r"Conv: padding must be non-negative"),
         (lambda: Conv(4, 3, groups=0), r"Conv: groups must be a positive int, got 0\."),
         (lambda: Conv(6, 3, groups=4), r"Conv: features \(6\) must be divisible by groups \(4\)"),
         (lambda: ConvTranspose(0, 3), r"ConvTranspose: features must be a positive int"),
@@ -404,14 +503,54 @@ def test_hyperparameters_are_normalised_and_hashable():
             r"ConvTranspose: output_padding must be non-negative, got -1\.",
         ),
         (
+            lambda: ConvTranspose(4, (3, 3), output_padding=(0, 0, 0)),
+            r"ConvTranspose: output_padding must be an int or 2 ints",
+        ),
+        (
             lambda: ConvTranspose(4, 3, stride=2, output_padding=1),
             r"ConvTranspose: output_padding must be 0 with padding 'SAME'",
         ),
     ],
 )
-def test_hyperparameter_errors(make, match):
+def test_hyperparameter_value_errors(make, match):
     with pytest.raises(ValueError, match=match):
         make()
+
+
+def test_numpy_ints_are_ints():
+    i = np.int64
+    layer = Conv(i(4), (i(3), i(3)), stride=i(2), padding=((i(1), i(0)), i(1)), groups=i(2))
+    assert layer == Conv(4, (3, 3), stride=2, padding=((1, 0), 1), groups=2)
+
+
+def test_init_requires_the_batch_axis():
+    key = jax.random.key(0)
+    missing = (
+        r"init expected a batched input of rank 4 \(\[batch, height, width, channels\]\), "
+        r"got shape \(32, 28, 28\)\. Hint: if this is a batch without its channel axis "
+        r"\(a grayscale batch, say\), add it: x\[\.\.\., None\]; if it is a single example, "
+        r"add the batch axis: x\[None\]\."
+    )
+    for layer in (Conv(4, (3, 3)), ConvTranspose(4, (3, 3))):
+        name = type(layer).__name__
+        with pytest.raises(jnn.ShapeError, match=rf"^{name}: {missing}"):
+            layer.init(key, jnp.zeros((32, 28, 28)))
+        spec = jax.ShapeDtypeStruct((32, 28, 28), jnp.float32)
+        with pytest.raises(jnn.ShapeError, match=rf"^{name}: {missing}"):
+            jax.eval_shape(layer.init, key, spec)
+    model = jnn.Sequential([jnn.Conv(4, (3, 3)), jnn.relu])
+    with pytest.raises(jnn.ShapeError, match=rf"^Conv at 'conv_0': {missing}"):
+        model.init(key, jnp.zeros((32, 28, 28)))
+    # apply takes an unbatched example; the channels set at init catch the mistake there.
+    params = zero_params(model, jnp.zeros((32, 28, 28, 1)))
+    assert model.apply(params, jnp.zeros((28, 28, 1))).shape == (28, 28, 4)
+    with pytest.raises(
+        jnn.ShapeError,
+        match=r"^Conv at 'conv_0': expected input with 1 channels \(set at init\), got shape "
+        r"\(32, 28, 28\)\. Hint: read as one unbatched example with 28 channels; if this is "
+        r"a batch without its channel axis, add it: x\[\.\.\., None\]\.$",
+    ):
+        model.apply(params, jnp.zeros((32, 28, 28)))
 
 
 def test_input_errors():
@@ -419,14 +558,16 @@ def test_input_errors():
     conv = Conv(4, (3, 3))
     with pytest.raises(
         jnn.ShapeError,
-        match=r"Conv: expected input of rank 4 \(\[batch, height, width, channels\]\) or 3 "
-        r"\(unbatched\), got shape \(28, 28\)\. Hint: add a channels axis",
+        match=r"^Conv: expected input of rank 4 \(\[batch, height, width, channels\]\), got "
+        r"shape \(28, 28\)\. Hint: add the batch and channel axes, e\.g\. x\[None, \.\.\., "
+        r"None\]\.$",
     ):
         conv.init(key, jnp.zeros((28, 28)))
     with pytest.raises(
         jnn.ShapeError,
-        match=r"rank 3 \(\[batch, length, channels\]\) or 2 \(unbatched\), got shape "
-        r"\(8, 28, 28, 3\)\. Hint: .* kernel_size=\(3, 3\)",
+        match=r"rank 3 \(\[batch, length, channels\]\), got shape \(8, 28, 28, 3\)\. Hint: "
+        r"the number of spatial axes is len\(kernel_size\); for 2-D inputs give 2 sizes, "
+        r"e\.g\. kernel_size=\(3, 3\)\.",
     ):
         Conv(4, 3).init(key, jnp.zeros((8, 28, 28, 3)))
     with pytest.raises(
@@ -442,6 +583,12 @@ def test_input_errors():
         match=r"Conv: expected input channels divisible by groups=2, got shape \(1, 5, 5, 3\)\.",
     ):
         Conv(4, (3, 3), groups=2).init(key, jnp.zeros((1, 5, 5, 3)))
+    with pytest.raises(
+        jnn.ShapeError,
+        match=r"^ConvTranspose: expected non-empty spatial axes \(\[\.\.\., height, width, "
+        r"channels\]\), got shape \(1, 0, 5, 3\)\.$",
+    ):
+        ConvTranspose(4, (3, 3)).init(key, jnp.zeros((1, 0, 5, 3)))
 
     params = zero_params(conv, jnp.zeros((8, 28, 28, 3)))
     with pytest.raises(
@@ -452,23 +599,37 @@ def test_input_errors():
         conv.apply(params, jnp.zeros((8, 28, 28, 4)))
     with pytest.raises(jnn.DTypeError, match=r"Conv: expected a floating-point input"):
         conv.apply(params, jnp.zeros((8, 28, 28, 3), jnp.int32))
+    with pytest.raises(
+        jnn.ShapeError,
+        match=r"^Conv: expected input of rank 4 \(\[batch, height, width, channels\]\) or 3 "
+        r"\(unbatched\), got shape \(28, 28\)\. Hint: add a channel axis, e\.g\. x\[\.\.\., "
+        r"None\]\.$",
+    ):
+        conv.apply(params, jnp.zeros((28, 28)))
 
     small = r"expected spatial size at least \(3, 3\) \(the dilated kernel\) after padding "
     valid = Conv(4, (3, 3), padding="VALID")
     with pytest.raises(
-        jnn.ShapeError, match=rf"^Conv: {small}'VALID', got shape \(1, 2, 5, 1\) \(padded to"
+        jnn.ShapeError, match=rf"^Conv: {small}'VALID', got shape \(1, 2, 5, 1\)\.$"
     ):
         valid.init(key, jnp.zeros((1, 2, 5, 1)))
     params = zero_params(valid, jnp.zeros((1, 5, 5, 1)))
-    with pytest.raises(jnn.ShapeError, match=rf"^Conv: {small}'VALID'"):
-        valid.apply(params, jnp.zeros((1, 5, 2, 1)))
+    with pytest.raises(jnn.ShapeError, match=rf"^Conv: {small}'VALID', got shape \(5, 2, 1\)\.$"):
+        valid.apply(params, jnp.zeros((5, 2, 1)))  # unbatched: its own shape is named
+    dilated = Conv(4, 3, padding=1, dilation=3)
+    with pytest.raises(
+        jnn.ShapeError,
+        match=r"^Conv: expected spatial size at least \(7,\) \(the dilated kernel\) after "
+        r"padding 1, got shape \(2, 4, 1\) \(padded to \(6,\)\)\.$",
+    ):
+        dilated.init(key, jnp.zeros((2, 4, 1)))
 
     up = ConvTranspose(2, 1, padding=1)
     with pytest.raises(
         jnn.ShapeError, match=r"^ConvTranspose: padding 1 crops the whole output \(size \(0,\)\)"
     ):
         up.init(key, jnp.zeros((1, 2, 1)))
-    params = zero_params(ConvTranspose(2, (2, 2)), jnp.zeros((3, 3, 5)))
+    params = zero_params(ConvTranspose(2, (2, 2)), jnp.zeros((1, 3, 3, 5)))
     with pytest.raises(
         jnn.ShapeError, match=r"^ConvTranspose: expected input with 5 channels \(set at init\)"
     ):

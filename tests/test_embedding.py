@@ -46,12 +46,36 @@ def test_lookup_and_attend_match_numpy(transform):
     np.testing.assert_allclose(transform(embed.attend)(params, x), expected, rtol=1e-6)
 
 
-def test_ids_out_of_range_give_nan_and_negative_ids_wrap():
+def test_negative_ids_count_from_the_end():
     embed = Embedding(5, 3)
     params = arange_params()
-    out = embed.apply(params, jnp.array([-1, 5]))
-    np.testing.assert_allclose(out[0], params["embedding"][4])
-    assert np.isnan(out[1]).all()
+    out = embed.apply(params, jnp.array([-1, -5]))
+    np.testing.assert_allclose(out, params["embedding"][jnp.array([4, 0])])
+
+
+def test_concrete_ids_out_of_range_raise():
+    embed = Embedding(5, 3)
+    params = arange_params()
+    with pytest.raises(
+        ValueError,
+        match=r"Embedding: expected ids in \[0, 5\) \(num_embeddings 5; negative ids down to -5 count from the end\), got 7 at index \(1, 0\) of ids of shape \(2, 2\) \(2 out of range\)\.",
+    ):
+        embed.apply(params, np.array([[0, 1], [7, -6]]))
+    with pytest.raises(ValueError, match=r"got -6 at index \(0,\)"):
+        embed.apply(params, jnp.array([-6]))
+
+
+@pytest.mark.parametrize(
+    "transform", [jax.jit, lambda f: jax.vmap(f, in_axes=(None, 0))], ids=["jit", "vmap"]
+)
+def test_traced_ids_out_of_range_give_nan_rows(transform):
+    """Under a trace the ids cannot be checked without a host round trip on the training
+    path: as documented, ids out of range give rows of NaN, never a plausible row."""
+    embed = Embedding(5, 3)
+    params = arange_params()
+    out = transform(embed.apply)(params, jnp.array([5, -6, 2]))
+    assert np.isnan(out[:2]).all()
+    np.testing.assert_allclose(out[2], params["embedding"][2])
 
 
 def test_initializers(key):
@@ -147,8 +171,19 @@ def test_errors(key):
         ValueError, match=r"Embedding: num_embeddings must be a positive int, got 0"
     ):
         Embedding(0, 3)
-    with pytest.raises(ValueError, match=r"Embedding: features must be a positive int, got 2.0"):
+    with pytest.raises(TypeError, match=r"Embedding: features must be an int, got 2.0 \(float\)"):
         Embedding(3, 2.0)
+    with pytest.raises(
+        ValueError,
+        match=r"Embedding: padding_index must be in \[-5, 5\) \(num_embeddings 5\), got 5\.",
+    ):
+        Embedding(5, 3, padding_index=5)
+    with pytest.raises(ValueError, match=r"got -6\."):
+        Embedding(5, 3, padding_index=-6)
+    with pytest.raises(
+        TypeError, match=r"Embedding: padding_index must be an int or None, got True"
+    ):
+        Embedding(5, 3, padding_index=True)
     embed = Embedding(5, 3)
     params = embed.init(key, jnp.zeros((2,), jnp.int32))
     with pytest.raises(
@@ -171,3 +206,89 @@ def test_errors(key):
 
     with pytest.raises(DTypeError, match=r"Embedding at 'embed': expected integer ids"):
         Model().init(key, jnp.zeros((2,)))
+
+
+# --------------------------------------------------------------------------- padding index
+
+
+def numpy_lookup(table, ids, padding_row):
+    """Rows of ``table``, with zeros (and so no gradient) wherever the id is the padding row."""
+    table = np.asarray(table, np.float64)
+    ids = np.asarray(ids) % table.shape[0]
+    rows = table[ids]
+    rows[ids == padding_row] = 0.0
+    return rows
+
+
+@pytest.mark.parametrize("padding_index", [2, -1, 0])
+@pytest.mark.parametrize("transform", TRANSFORMS)
+def test_padding_index_matches_numpy(key, transform, padding_index):
+    embed = Embedding(5, 3, padding_index=padding_index)
+    row = padding_index % 5
+    params = embed.init(key, jnp.zeros((2,), jnp.int32))
+    np.testing.assert_array_equal(params["embedding"][row], 0.0)  # initialised to zero
+    assert np.all(np.delete(np.asarray(params["embedding"]), row, axis=0) != 0.0)
+    # Its lookups are zero even when the row is not, e.g. after loading other weights.
+    params = arange_params()
+    ids = jnp.array([[0, 1, 2, 3], [4, -1, -3, 2]])
+    out = transform(embed.apply)(params, ids)
+    np.testing.assert_allclose(out, numpy_lookup(params["embedding"], ids, row))
+    grads = transform(jax.grad(lambda p: (embed.apply(p, ids) ** 2).sum()))(params)
+    expected = np.zeros((5, 3))
+    table = np.asarray(params["embedding"])
+    np.add.at(expected, np.asarray(ids) % 5, 2 * table[np.asarray(ids) % 5])
+    expected[row] = 0.0
+    np.testing.assert_allclose(grads["embedding"], expected, rtol=1e-6)
+
+
+def test_padding_index_with_unsigned_ids_and_attend():
+    embed = Embedding(5, 3, padding_index=-1)
+    params = arange_params()
+    out = embed.apply(params, jnp.array([4, 1], jnp.uint8))
+    np.testing.assert_array_equal(out[0], 0.0)
+    np.testing.assert_allclose(out[1], params["embedding"][1])
+    # attend still scores against the padding row, as torch's tied F.linear does.
+    x = jnp.ones((1, 3))
+    np.testing.assert_allclose(embed.attend(params, x), x @ params["embedding"].T, rtol=1e-6)
+
+
+@pytest.mark.parametrize("padding_index", [3, -2])
+def test_padding_index_matches_torch(padding_index):
+    """Outputs and table gradients against torch.nn.Embedding(padding_idx=...), weights
+    copied from torch (whose padding row starts at zero, as jnn's does)."""
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    module = torch.nn.Embedding(6, 4, padding_idx=padding_index).double()
+    ids = np.array([[0, 3, 4, 3], [5, 1, 4, 2]])
+    weights = np.linspace(-1.0, 1.0, 16).reshape(4, 4)  # a loss that weighs every output
+    out = module(torch.from_numpy(ids))
+    (out.sum(0) * torch.from_numpy(weights)).sum().backward()
+    table = module.weight.detach().numpy()
+    assert np.all(table[padding_index] == 0.0)
+
+    embed = Embedding(6, 4, padding_index=padding_index)
+    params = {"embedding": jnp.asarray(table, jnp.float32)}
+
+    def loss(p):
+        return (embed.apply(p, ids).sum(0) * weights).sum()
+
+    np.testing.assert_allclose(embed.apply(params, ids), out.detach().numpy(), rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(
+        jax.grad(loss)(params)["embedding"], module.weight.grad.numpy(), rtol=1e-6, atol=1e-6
+    )
+
+
+def test_initializer_receives_the_fan_in(key):
+    seen = []
+
+    def recording(key, shape, dtype=jnp.float32, *, fan_in=None):
+        seen.append((tuple(shape), fan_in))
+        return jnp.ones(shape, dtype)
+
+    table = Embedding(7, 3, padding_index=1, w_init=recording).init(key, jnp.zeros(2, jnp.int32))
+    assert seen == [((7, 3), 3)]  # PyTorch's fan-in of a [num_embeddings, features] weight
+    np.testing.assert_array_equal(table["embedding"][:, 0], [1, 0, 1, 1, 1, 1, 1])
+    bound = 1 / np.sqrt(64)
+    torch_like = Embedding(100, 64, w_init=initializers.pytorch_default())
+    params = torch_like.init(key, jnp.zeros(2, jnp.int32))
+    assert bound * 0.9 < float(jnp.abs(params["embedding"]).max()) <= bound

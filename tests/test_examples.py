@@ -1,12 +1,41 @@
-"""Every example runs end to end, in-process, in its --smoke mode (a few seconds each)."""
+"""Every example runs end to end, in-process, in its --smoke mode (a few seconds each).
+
+Each one also answers ``--help`` without loading JAX, shows progress while it trains, and
+writes its files to ``--output-dir``, never to the working directory.
+"""
 
 import importlib.util
 import math
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
+# Whole training scripts: kept out of the default run, run by `pytest -m slow` (and CI).
+pytestmark = pytest.mark.slow
+
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+NAMES = sorted(p.stem for p in EXAMPLES.glob("*.py"))
+
+# The files each example writes to --output-dir (the others write none).
+WRITES = {
+    "cnn_digits": "cnn_digits_curve.png",
+    "function_approximation": "function_approximation.png",
+    "rnn_timeseries": "rnn_timeseries.png",
+}
+
+# What each example prints while it trains, on which stream: its own lines with the
+# elapsed seconds, or the progress bar of jnn.fit (epoch, loss and elapsed [mm:ss<...]).
+PROGRESS = {
+    "mlp_digits": ("out", r"epoch +2/2: train loss \d+\.\d+, .* \d+\.\d s\n"),
+    "cnn_digits": ("err", r"epoch 2/2: .*\[\d\d:\d\d<.*loss=\d"),
+    "function_approximation": ("out", r"step 20/20: train MSE \d+\.\d+, \d+\.\d s\n"),
+    "rnn_timeseries": ("err", r"epoch 3/3: .*\[\d\d:\d\d<.*loss=\d"),
+    "text_classifier": ("err", r"epoch 1/1: .*\[\d\d:\d\d<.*loss=\d"),
+    "char_transformer": ("out", r"step +5/5: train loss \d+\.\d+ bits/char, \d+\.\d s\n"),
+}
 
 
 def load(name):
@@ -18,52 +47,117 @@ def load(name):
 
 
 @pytest.fixture(autouse=True)
-def _run_in_tmp_path(tmp_path, monkeypatch):
-    # Whatever an example writes by default lands in the test's directory, not the repo.
-    monkeypatch.chdir(tmp_path)
+def _run_in_an_empty_directory(tmp_path, monkeypatch):
+    # Examples are run from anywhere; nothing they write may land in the working directory.
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    yield
+    assert not list(cwd.iterdir()), "the example wrote into the working directory"
 
 
-def test_mlp_digits_smoke(capsys):
-    result = load("mlp_digits").main(["--smoke", "--width", "32", "--seed", "1"])
-    assert 0.0 <= result["test_accuracy"] <= 1.0
-    assert math.isfinite(result["test_loss"])
-    assert "test accuracy:" in capsys.readouterr().out
+@pytest.fixture
+def output_dir(tmp_path):
+    return tmp_path / "outputs" / "run"  # missing: the example must create it
 
 
-def test_cnn_digits_smoke(tmp_path):
-    plot = tmp_path / "curve.png"
-    result = load("cnn_digits").main(["--smoke", "--width", "8", "--plot", str(plot)])
-    assert 0.0 <= result["test_accuracy"] <= 1.0
-    assert plot.stat().st_size > 0
+def check_run(name, captured, output_dir=None):
+    """The progress lines of ``name`` were printed, and its files (if any) are in
+    ``output_dir``, each with its path printed."""
+    stream, pattern = PROGRESS[name]
+    assert re.search(pattern, getattr(captured, stream)), f"no progress line in std{stream}"
+    if name in WRITES:
+        path = output_dir / WRITES[name]
+        assert sorted(output_dir.iterdir()) == [path]
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert f"saved {path.resolve()}\n" in captured.out
 
 
-def test_function_approximation_smoke(tmp_path, capsys):
-    output = tmp_path / "fit.png"
-    result = load("function_approximation").main(
-        ["--smoke", "--width", "16", "--output", str(output)]
-    )
-    assert math.isfinite(result["test_mse"]) and math.isfinite(result["train_mse"])
-    assert output.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "test MSE" in capsys.readouterr().out
-
-
-def test_function_approximation_default_output_is_the_working_directory(tmp_path):
-    load("function_approximation").main(["--smoke"])
-    assert (tmp_path / "function_approximation.png").is_file()
-
-
-@pytest.mark.parametrize("name", sorted(p.stem for p in EXAMPLES.glob("*.py")))
+@pytest.mark.parametrize("name", NAMES)
 def test_every_example_has_a_smoke_flag_and_a_main(name):
     source = (EXAMPLES / f"{name}.py").read_text()
     assert "--smoke" in source and "def main(argv=None)" in source
     assert 'if __name__ == "__main__":' in source
 
 
-def test_rnn_timeseries_smoke(tmp_path):
-    output = tmp_path / "forecast.png"
-    result = load("rnn_timeseries").main(["--smoke", "--output", str(output)])
+@pytest.mark.parametrize("name", NAMES)
+def test_help_describes_the_script_and_every_option_before_loading_jax(name):
+    # Run the script as a user would, then list the heavy modules that --help imported.
+    check = (
+        "import runpy, sys\n"
+        "sys.argv = sys.argv[1:]\n"
+        "try:\n"
+        "    runpy.run_path(sys.argv[0], run_name='__main__')\n"
+        "finally:\n"
+        "    heavy = {'jax', 'optax', 'jnn', 'sklearn', 'matplotlib'}\n"
+        "    print('imported:', sorted(heavy & {m.split('.')[0] for m in sys.modules}))\n"
+    )
+    script = EXAMPLES / f"{name}.py"
+    run = subprocess.run(
+        [sys.executable, "-c", check, str(script), "--help"], capture_output=True, text=True
+    )
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.rstrip().endswith("imported: []")
+    module = load(name)
+    assert module.__doc__.splitlines()[0] in run.stdout  # the whole docstring describes it
+    actions = module.build_parser()._actions
+    for action in actions:
+        assert action.help, f"{action.option_strings} has no help"
+        assert all(option in run.stdout for option in action.option_strings)
+    options = {option for action in actions for option in action.option_strings}
+    assert {"--smoke", "--seed"} <= options
+    assert ("--output-dir" in options) == (name in WRITES)
+
+
+@pytest.mark.parametrize("name", sorted(WRITES))
+def test_files_go_next_to_the_scripts_by_default_whatever_the_working_directory(name):
+    assert load(name).build_parser().parse_args([]).output_dir == EXAMPLES / "outputs"
+    ignored = (EXAMPLES.parent / ".gitignore").read_text().splitlines()
+    assert "examples/outputs/" in ignored
+
+
+def test_mlp_digits_smoke(capsys):
+    result = load("mlp_digits").main(["--smoke", "--width", "32", "--seed", "1"])
+    assert 0.0 <= result["test_accuracy"] <= 1.0
+    assert math.isfinite(result["test_loss"])
+    captured = capsys.readouterr()
+    assert "test accuracy:" in captured.out and "(target >= 0.97)" in captured.out
+    check_run("mlp_digits", captured)
+
+
+def test_cnn_digits_smoke(output_dir, capsys):
+    result = load("cnn_digits").main(["--smoke", "--width", "8", "--output-dir", str(output_dir)])
+    assert 0.0 <= result["test_accuracy"] <= 1.0
+    captured = capsys.readouterr()
+    assert "(target >= 0.98)" in captured.out
+    check_run("cnn_digits", captured, output_dir)
+
+
+def test_function_approximation_smoke(output_dir, capsys):
+    result = load("function_approximation").main(
+        ["--smoke", "--width", "16", "--output-dir", str(output_dir)]
+    )
+    assert math.isfinite(result["test_mse"]) and math.isfinite(result["train_mse"])
+    captured = capsys.readouterr()
+    assert "test MSE" in captured.out and "(the noise variance is 0.00250)" in captured.out
+    check_run("function_approximation", captured, output_dir)
+
+
+def test_a_smoke_run_without_output_dir_writes_to_smoke_inside_the_default(
+    tmp_path, monkeypatch, capsys
+):
+    module = load("function_approximation")
+    monkeypatch.setattr(module, "OUTPUT_DIR", tmp_path / "default")  # not the repository's
+    module.main(["--smoke"])
+    check_run("function_approximation", capsys.readouterr(), tmp_path / "default" / "smoke")
+
+
+def test_rnn_timeseries_smoke(output_dir, capsys):
+    result = load("rnn_timeseries").main(["--smoke", "--output-dir", str(output_dir)])
     assert math.isfinite(result["lstm_mae"]) and result["naive_mae"] > 0
-    assert output.stat().st_size > 0
+    captured = capsys.readouterr()
+    assert "naive last value" in captured.out
+    check_run("rnn_timeseries", captured, output_dir)
 
 
 def test_text_classifier_smoke(capsys):
@@ -71,7 +165,10 @@ def test_text_classifier_smoke(capsys):
     result = module.main(["--smoke"])
     assert 0.0 <= result["accuracy"] <= 1.0 and 0.0 <= result["baseline"] <= 1.0
     assert len(result["languages"]) == 8
-    assert "held-out accuracy" in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert "held-out accuracy: character CNN" in captured.out
+    assert "bag of n-grams" in captured.out and "baseline fitted in" in captured.out
+    check_run("text_classifier", captured)
 
 
 def test_text_classifier_data_has_one_label_per_word():
@@ -95,7 +192,9 @@ def test_char_transformer_smoke(capsys):
     assert math.isfinite(result["test_bits"])
     assert result["unigram_bits"] > result["bigram_bits"] > 0
     assert result["sample"].startswith("The ") and len(result["sample"]) == 4 + 20
-    assert "held-out bits per character" in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert "held-out bits per character" in captured.out and "bigram counts" in captured.out
+    check_run("char_transformer", captured)
 
 
 def test_char_transformer_cached_greedy_decoding_matches_the_full_forward_pass():

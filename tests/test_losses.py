@@ -1,4 +1,5 @@
-"""Losses: NumPy formulas for every reduction, label smoothing, gradients, jit, errors."""
+"""Losses: NumPy (and PyTorch) formulas for every reduction, label smoothing, log-space
+targets, gradients and jit. Bad inputs are tested in test_loss_errors.py."""
 
 import functools
 
@@ -57,6 +58,13 @@ def np_kl_divergence(log_p, t):
     return np.where(t > 0, t * (np.log(safe_t) - log_p), 0.0).sum(-1)
 
 
+def np_kl_divergence_log_targets(log_p, log_t):
+    # KLDivLoss(log_target=True): exp(log_t) * (log_t - log_p); 0 where log_t == -inf.
+    present = np.isfinite(log_t)
+    safe = np.where(present, log_t, 0.0)
+    return np.where(present, np.exp(safe) * (safe - log_p), 0.0).sum(-1)
+
+
 # --------------------------------------------------------------------------- inputs
 
 
@@ -92,6 +100,12 @@ def kl_inputs(rng):
     t[0, 0, :2] = 0.0  # zero targets contribute nothing
     t = t / t.sum(-1, keepdims=True)
     return np_log_softmax(z).astype(np.float32), t
+
+
+def kl_log_target_inputs(rng):
+    log_p, t = kl_inputs(rng)
+    with np.errstate(divide="ignore"):
+        return log_p, np.log(t)  # -inf where t == 0
 
 
 # (loss, inputs, NumPy reference of the per-example values, options)
@@ -142,6 +156,12 @@ CASES = {
         {"label_smoothing": 0.1},
     ),
     "kl_divergence": (kl_divergence, kl_inputs, np_kl_divergence, {}),
+    "kl_divergence_log_targets": (
+        kl_divergence,
+        kl_log_target_inputs,
+        np_kl_divergence_log_targets,
+        {"log_targets": True},
+    ),
 }
 
 LOSSES = sorted({case[0] for case in CASES.values()}, key=lambda f: f.__name__)
@@ -258,6 +278,7 @@ GRADIENT_CASES = {
         1,
     ),
     "kl_divergence": (kl_divergence, kl_inputs, {}, 1),
+    "kl_divergence_log_targets": (kl_divergence, kl_log_target_inputs, {"log_targets": True}, 1),
 }
 
 
@@ -279,152 +300,68 @@ def test_softmax_cross_entropy_gradient_is_softmax_minus_targets(rng):
     np.testing.assert_allclose(grad, np.exp(np_log_softmax(logits)) - targets, atol=1e-6)
 
 
-# --------------------------------------------------------------------------- errors
+# --------------------------------------------------------------------------- log-space targets
 
 
-@pytest.mark.parametrize("loss", LOSSES, ids=lambda f: f.__name__)
-@pytest.mark.parametrize("reduction", ["avg", None, "MEAN"])
-def test_unknown_reduction(loss, reduction):
-    message = f"{loss.__name__}: expected reduction 'mean', 'sum' or 'none', got"
-    with pytest.raises(ValueError, match=message):
-        loss(jnp.zeros((4, 3)), jnp.zeros((4, 3)), reduction=reduction)
-
-
-@pytest.mark.parametrize(
-    "loss",
-    [
-        mean_squared_error,
-        mean_absolute_error,
-        huber,
-        binary_cross_entropy,
-        sigmoid_binary_cross_entropy,
-        kl_divergence,
-    ],
-    ids=lambda f: f.__name__,
-)
-@pytest.mark.parametrize("transform", TRANSFORMS)
-def test_elementwise_losses_refuse_broadcasting(loss, transform):
-    first = {
-        binary_cross_entropy: "probabilities",
-        sigmoid_binary_cross_entropy: "logits",
-        kl_divergence: "log_predictions",
-    }.get(loss, "predictions")
-    message = (
-        rf"^{loss.__name__}: expected targets of shape \(4,\) like the {first}, got \(4, 1\)\. "
-        rf"Hint: reshape them to match, e.g\. targets\.reshape\({first}\.shape\)\. "
-        r"Broadcasting is not applied: it would silently give shape \(4, 4\)\."
-    )
-    with pytest.raises(ValueError, match=message):
-        transform(loss)(jnp.zeros(4), jnp.zeros((4, 1)))
-
-
-def test_elementwise_shape_error_with_different_sizes():
-    with pytest.raises(
-        ValueError,
-        match=r"mean_squared_error: expected targets of shape \(4, 3\) like the predictions, "
-        r"got \(5, 3\)\. Hint: targets need one value per element of predictions\.$",
-    ):
-        mean_squared_error(jnp.zeros((4, 3)), jnp.zeros((5, 3)))
-
-
-def test_softmax_cross_entropy_with_integer_targets_points_to_the_integer_version():
-    with pytest.raises(
-        ValueError,
-        match=r"softmax_cross_entropy: expected targets of shape \(32, 10\) like the logits, "
-        r"got \(32,\)\. Hint: for integer class labels use "
-        r"softmax_cross_entropy_with_integer_labels, or one-hot encode them with "
-        r"jax\.nn\.one_hot\(labels, 10\)\.",
-    ):
-        softmax_cross_entropy(jnp.zeros((32, 10)), jnp.zeros(32, jnp.int32))
-
-
-def test_softmax_cross_entropy_other_shape_error():
-    with pytest.raises(
-        ValueError,
-        match=r"softmax_cross_entropy: expected targets of shape \(4, 3\) like the logits, "
-        r"got \(4, 5\)\. Hint: targets hold one probability per class",
-    ):
-        softmax_cross_entropy(jnp.zeros((4, 3)), jnp.zeros((4, 5)))
-
-
-@pytest.mark.parametrize("loss", [softmax_cross_entropy, kl_divergence], ids=lambda f: f.__name__)
-def test_class_losses_need_a_class_axis(loss):
-    first = "log_predictions" if loss is kl_divergence else "logits"
-    with pytest.raises(
-        ValueError,
-        match=rf"{loss.__name__}: expected {first} of shape \[\.\.\., num_classes\] "
-        r"\(at least 1-D\), got \(\)\.",
-    ):
-        loss(jnp.float32(0.0), jnp.float32(1.0))
-
-
-def test_integer_labels_need_a_class_axis():
-    with pytest.raises(
-        ValueError,
-        match=r"softmax_cross_entropy_with_integer_labels: expected logits of shape "
-        r"\[\.\.\., num_classes\] \(at least 1-D\), got \(\)\.",
-    ):
-        softmax_cross_entropy_with_integer_labels(jnp.float32(0.0), jnp.int32(0))
-
-
-@pytest.mark.parametrize(
-    ("labels_shape", "hint"),
-    [
-        ((8, 3), r"for one-hot or soft targets use softmax_cross_entropy\."),
-        ((8, 1), r"drop the trailing axis, e\.g\. labels\.squeeze\(-1\)\."),
-        ((4,), r"labels hold one class index per example\."),
-    ],
-)
-def test_integer_labels_shape_errors(labels_shape, hint):
-    message = (
-        r"softmax_cross_entropy_with_integer_labels: expected labels of shape \(8,\) "
-        rf"\(the logits' shape without the class axis\), got {re_shape(labels_shape)}\. "
-        rf"Hint: {hint}"
-    )
-    with pytest.raises(ValueError, match=message):
-        softmax_cross_entropy_with_integer_labels(jnp.zeros((8, 3)), jnp.zeros(labels_shape, int))
-
-
-def re_shape(shape):
-    return str(shape).replace("(", r"\(").replace(")", r"\)")
-
-
-@pytest.mark.parametrize("transform", TRANSFORMS)
-def test_integer_labels_dtype_error(transform):
-    with pytest.raises(
-        TypeError,
-        match=r"softmax_cross_entropy_with_integer_labels: expected integer labels, got dtype "
-        r"float32\. Hint: cast class indices with labels\.astype\(jnp\.int32\)",
-    ):
-        transform(softmax_cross_entropy_with_integer_labels)(
-            jnp.zeros((4, 3)), jnp.zeros(4, jnp.float32)
+def test_kl_divergence_log_targets_equal_probability_targets(rng):
+    log_p, t = kl_inputs(rng)
+    with np.errstate(divide="ignore"):
+        log_t = np.log(t)
+    for reduction in REDUCTIONS:
+        np.testing.assert_allclose(
+            kl_divergence(log_p, log_t, log_targets=True, reduction=reduction),
+            kl_divergence(log_p, t, reduction=reduction),
+            rtol=1e-5,
+            atol=1e-7,
         )
 
 
-@pytest.mark.parametrize(
-    "loss",
-    [softmax_cross_entropy, softmax_cross_entropy_with_integer_labels],
-    ids=lambda f: f.__name__,
-)
-@pytest.mark.parametrize("label_smoothing", [-0.1, 1.5])
-def test_label_smoothing_out_of_range(loss, label_smoothing):
-    targets = jnp.zeros(4, jnp.int32) if loss is not softmax_cross_entropy else jnp.zeros((4, 3))
-    with pytest.raises(
-        ValueError,
-        match=rf"{loss.__name__}: expected label_smoothing in \[0, 1\], got {label_smoothing}\.",
-    ):
-        loss(jnp.zeros((4, 3)), targets, label_smoothing=label_smoothing)
+@pytest.mark.parametrize("log_targets", [False, True])
+def test_kl_divergence_matches_torch_kl_div_in_float64(rng, log_targets):
+    torch = pytest.importorskip("torch")
+    F = torch.nn.functional
+    log_p = np_log_softmax(2 * rng.standard_normal((4, 5)))
+    log_t = np_log_softmax(rng.standard_normal((4, 5)))
+    t = log_t if log_targets else np.exp(log_t)
+    tp = torch.tensor(log_p, requires_grad=True)
+    tt = torch.tensor(t, requires_grad=True)
+    expected = {
+        "none": F.kl_div(tp, tt, reduction="none", log_target=log_targets).sum(-1),
+        "mean": F.kl_div(tp, tt, reduction="batchmean", log_target=log_targets),
+        "sum": F.kl_div(tp, tt, reduction="sum", log_target=log_targets),
+    }
+    torch_grads = torch.autograd.grad(expected["sum"], (tp, tt))
+    with jax.enable_x64(True):
+        a, b = jnp.asarray(log_p), jnp.asarray(t)
+        for reduction, value in expected.items():
+            got = kl_divergence(a, b, log_targets=log_targets, reduction=reduction)
+            assert got.dtype == jnp.float64
+            np.testing.assert_allclose(got, value.detach().numpy(), rtol=1e-12, atol=1e-14)
+        grads = jax.grad(
+            lambda x, y: kl_divergence(x, y, log_targets=log_targets, reduction="sum"), (0, 1)
+        )(a, b)
+    for got, expected_grad in zip(grads, torch_grads, strict=True):
+        np.testing.assert_allclose(got, expected_grad.numpy(), rtol=1e-12, atol=1e-14)
 
 
-@pytest.mark.parametrize("delta", [0.0, -1.0])
-def test_huber_delta_must_be_positive(delta):
-    with pytest.raises(ValueError, match=rf"huber: expected a positive delta, got {delta}\."):
-        huber(jnp.zeros(3), jnp.zeros(3), delta=delta)
+def test_kl_divergence_zero_log_target_probability_contributes_zero(rng):
+    """PyTorch gives NaN for a log-target of -inf (0 * -inf); jnn counts it as 0, like a
+    probability target of 0, with finite gradients."""
+    log_p, log_t = kl_log_target_inputs(rng)
+    assert np.isneginf(log_t).any()
+    got = jax.jit(lambda a, b: kl_divergence(a, b, log_targets=True, reduction="none"))(
+        log_p, log_t
+    )
+    assert np.all(np.isfinite(got))
+    grads = jax.grad(lambda a, b: kl_divergence(a, b, log_targets=True), (0, 1))(log_p, log_t)
+    assert all(np.all(np.isfinite(g)) for g in grads)
+    np.testing.assert_array_equal(grads[1][np.isneginf(log_t)], 0.0)
 
 
-@pytest.mark.parametrize("eps", [-1e-3, 0.5])
-def test_binary_cross_entropy_eps_range(eps):
-    with pytest.raises(
-        ValueError, match=rf"binary_cross_entropy: expected eps in \[0, 0\.5\), got {eps}\."
-    ):
-        binary_cross_entropy(jnp.full(3, 0.5), jnp.zeros(3), eps=eps)
+def test_kl_divergence_gradient_with_respect_to_log_targets(rng):
+    log_p = np_log_softmax(rng.standard_normal((3, 4))).astype(np.float32)
+    log_t = np_log_softmax(rng.standard_normal((3, 4))).astype(np.float32)
+    # Through log_softmax, so the perturbed targets stay distributions (which are checked).
+    check_gradients(
+        lambda z: kl_divergence(log_p, jax.nn.log_softmax(z), log_targets=True), (log_t,)
+    )

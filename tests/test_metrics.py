@@ -60,6 +60,54 @@ def test_accuracy_errors():
         accuracy(jnp.full(4, 0.7, jnp.float32), jnp.ones(4, jnp.int32))
 
 
+@pytest.mark.parametrize(
+    ("labels", "expected", "got"),
+    [
+        (
+            [0, 1, 4],
+            rf"labels in \[0, {NUM_CLASSES}\) \(the logits have {NUM_CLASSES} classes on their "
+            r"last axis\)",
+            r"4 at index 2 \(1 of 3 labels\)",
+        ),
+        ([0, -1, 1], r"labels in \[0, 4\) .*", r"-1 at index 1 \(1 of 3 labels\)\. Hint: drop"),
+    ],
+)
+def test_accuracy_labels_out_of_range(labels, expected, got):
+    with pytest.raises(ValueError, match=rf"^accuracy: expected {expected}, got {got}"):
+        accuracy(jnp.zeros((3, NUM_CLASSES)), jnp.array(labels))
+    with pytest.raises(ValueError, match=rf"^top_k_accuracy: expected {expected}, got {got}"):
+        top_k_accuracy(jnp.zeros((3, NUM_CLASSES)), jnp.array(labels), k=2)
+
+
+def test_accuracy_negative_class_indices():
+    with pytest.raises(
+        ValueError,
+        match=r"^accuracy: expected labels >= 0 \(class indices\), got -1 at index 1 \(1 of 3 "
+        r"labels\)\. Hint: drop padded examples first, or average the hits",
+    ):
+        accuracy(jnp.array([0, 1, 1]), jnp.array([0, -1, 1]))
+    with pytest.raises(ValueError, match=r"^accuracy: expected predictions >= 0 \(class indices\)"):
+        accuracy(jnp.array([0, -1, 1]), jnp.array([0, 1, 1]))
+
+
+def test_accuracy_under_jit_with_bad_labels_is_nan_not_a_miss(logits_and_labels):
+    logits, labels = logits_and_labels
+    labels = labels.copy()
+    labels[0, 0] = -1  # would count as a plain miss
+    assert np.isnan(jax.jit(accuracy)(logits, labels))
+    assert np.isnan(jax.jit(functools.partial(top_k_accuracy, k=2))(logits, labels))
+    assert np.isnan(jax.jit(accuracy)(logits.argmax(-1), labels))
+
+
+def test_accuracy_one_hot_labels_hint():
+    with pytest.raises(
+        TypeError,
+        match=r"Hint: if the labels are one-hot \[\.\.\., num_classes\], pass "
+        r"labels\.argmax\(-1\);",
+    ):
+        accuracy(jnp.zeros((4, 3)), jnp.eye(3, dtype=jnp.int32)[jnp.array([0, 1, 2, 0])])
+
+
 # --------------------------------------------------------------------------- top-k
 
 
@@ -78,15 +126,35 @@ def test_top_1_accuracy_is_accuracy(logits_and_labels):
     np.testing.assert_allclose(top_k_accuracy(logits, labels, k=1), accuracy(logits, labels))
 
 
-@pytest.mark.parametrize("k", [0, NUM_CLASSES + 1, 2.0, True])
-def test_top_k_accuracy_bad_k(logits_and_labels, k):
+@pytest.mark.parametrize(
+    ("k", "error", "hint"),
+    [
+        (0, ValueError, r"\.$"),
+        (
+            NUM_CLASSES + 1,
+            ValueError,
+            rf"\. Hint: the logits have {NUM_CLASSES} classes on their last axis, so at most "
+            rf"k={NUM_CLASSES} \(which always hits\)\.$",
+        ),
+        (2.0, TypeError, r" \(float\)\.$"),
+        (True, TypeError, r" \(bool\)\.$"),
+    ],
+)
+def test_top_k_accuracy_bad_k(logits_and_labels, k, error, hint):
     logits, labels = logits_and_labels
     with pytest.raises(
-        ValueError,
-        match=rf"top_k_accuracy: expected k to be an int in \[1, {NUM_CLASSES}\] "
-        rf"\(the number of classes\), got {k!r}\.",
+        error,
+        match=rf"^top_k_accuracy: expected k to be an int in \[1, {NUM_CLASSES}\] "
+        rf"\(the number of classes\), got {k!r}" + hint,
     ):
         top_k_accuracy(logits, labels, k=k)
+
+
+def test_top_k_accuracy_accepts_numpy_ints(logits_and_labels):
+    logits, labels = logits_and_labels
+    np.testing.assert_allclose(
+        top_k_accuracy(logits, labels, k=np.int64(2)), top_k_accuracy(logits, labels, k=2)
+    )
 
 
 def test_top_k_accuracy_shape_and_dtype_errors():
@@ -98,6 +166,10 @@ def test_top_k_accuracy_shape_and_dtype_errors():
         top_k_accuracy(jnp.zeros(8), jnp.zeros(8, jnp.int32), k=1)
     with pytest.raises(TypeError, match=r"top_k_accuracy: expected integer labels, got dtype"):
         top_k_accuracy(jnp.zeros((8, 3)), jnp.zeros(8), k=1)
+    with pytest.raises(
+        ValueError, match=r"got \(8,\)\. Hint: top-k needs a score for every class, not predicted"
+    ):
+        top_k_accuracy(jnp.zeros(8, jnp.int32), jnp.zeros(8, jnp.int32), k=1)
 
 
 # --------------------------------------------------------------------------- confusion matrix
@@ -138,14 +210,29 @@ def test_confusion_matrix_under_jit_with_static_num_classes(rng):
     )
 
 
-@pytest.mark.parametrize("num_classes", [0, -2, 3.0, None])
-def test_confusion_matrix_bad_num_classes(num_classes):
+@pytest.mark.parametrize(
+    ("num_classes", "error"),
+    [(0, ValueError), (-2, ValueError), (3.0, TypeError), (None, TypeError)],
+)
+def test_confusion_matrix_bad_num_classes(num_classes, error):
     with pytest.raises(
-        ValueError,
+        error,
         match=rf"confusion_matrix: expected num_classes to be a positive int, "
-        rf"got {num_classes!r}\.",
+        rf"got {num_classes!r}",
     ):
         confusion_matrix(jnp.zeros(3, jnp.int32), jnp.zeros(3, jnp.int32), num_classes=num_classes)
+
+
+def test_confusion_matrix_logits_must_have_num_classes(logits_and_labels):
+    logits, labels = logits_and_labels
+    with pytest.raises(
+        ValueError,
+        match=r"^confusion_matrix: expected logits with num_classes=3 classes on the last axis, "
+        rf"got shape \(3, 5, {NUM_CLASSES}\)\. Hint: pass num_classes={NUM_CLASSES}, or the "
+        r"matrix would silently drop the classes beyond it\.",
+    ):
+        confusion_matrix(logits, labels, num_classes=3)
+    assert int(confusion_matrix(logits, labels, num_classes=np.int64(NUM_CLASSES)).sum()) == 15
 
 
 def test_confusion_matrix_shape_error():

@@ -1,116 +1,21 @@
-"""BatchNorm (running statistics in explicit state, train vs inference), LayerNorm, RMSNorm and
-GroupNorm: textbook formulas in NumPy, low precision, gradients, jit/vmap, errors."""
+"""LayerNorm and RMSNorm against textbook formulas in NumPy; with GroupNorm (each example
+normalised by its own statistics): low precision, param_dtype and initializers, gradients,
+jit/vmap, errors. GroupNorm's own tests are in test_group_norm.py, BatchNorm's in
+test_batch_norm.py."""
+
+import dataclasses
 
 import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 from conftest import TRANSFORMS, check_gradients
-from jax.test_util import check_grads
 
 import jnn
 from jnn import GroupNorm, LayerNorm, RMSNorm
 
-
-@pytest.fixture
-def x():
-    return np.random.default_rng(2).normal(3.0, 2.0, (6, 5, 4)).astype(np.float32)
-
-
-def numpy_batch_norm(x, scale, offset, eps):
-    mean = x.mean(axis=(0, 1), dtype=np.float64)
-    var = x.var(axis=(0, 1), dtype=np.float64)
-    return (x - mean) / np.sqrt(var + eps) * scale + offset, mean, var
-
-
-@pytest.mark.parametrize("transform", TRANSFORMS)
-def test_training_matches_textbook_and_updates_running_stats(key, x, transform):
-    bn = jnn.BatchNorm(momentum=0.9, epsilon=1e-3)
-    params, state = bn.init_with_state(key, x)
-    params = {"scale": jnp.array([1.0, 2.0, 0.5, 1.5]), "offset": jnp.array([0.0, 1.0, -1.0, 2.0])}
-    apply = transform(lambda p, v, s: bn.apply(p, v, state=s, is_training=True))
-    y, new_state = apply(params, x, state)
-    expected, mean, var = numpy_batch_norm(
-        x, np.asarray(params["scale"]), np.asarray(params["offset"]), 1e-3
-    )
-    np.testing.assert_allclose(y, expected, rtol=1e-4, atol=1e-4)
-    np.testing.assert_allclose(new_state["mean"], 0.1 * mean, rtol=1e-5)
-    np.testing.assert_allclose(new_state["variance"], 0.9 + 0.1 * var, rtol=1e-5)
-
-
-def test_inference_uses_running_stats_and_keeps_them(key, x):
-    bn = jnn.BatchNorm(use_scale=False, use_offset=False)
-    params, _ = bn.init_with_state(key, x)
-    assert params == {}
-    state = {"mean": jnp.full(4, 3.0), "variance": jnp.full(4, 4.0)}
-    y, same = bn.apply(params, x, state=state)
-    np.testing.assert_allclose(y, (x - 3.0) / np.sqrt(4.0 + 1e-5), rtol=1e-5)
-    chex.assert_trees_all_equal(same, state)
-
-
-def test_gradients(key, x):
-    bn = jnn.BatchNorm()
-    params, state = bn.init_with_state(key, x)
-    check_grads(
-        lambda p, v: (bn.apply(p, v, state=state, is_training=True)[0] ** 3).sum(),
-        (params, x[:2, :3]),
-        order=1,
-        modes=("rev",),
-        atol=5e-2,
-        rtol=5e-2,
-        eps=1e-2,
-    )
-
-
-def test_optimizer_never_touches_state(key, x):
-    model = jnn.Sequential([jnn.Dense(4), jnn.BatchNorm(), jnn.Dense(1)])
-    params, state = model.init_with_state(key, x)
-    optimizer = optax.adam(1e-2)
-    opt_state = optimizer.init(params)
-    assert "batch_norm_0" not in jax.tree.leaves(opt_state, is_leaf=lambda n: isinstance(n, dict))
-    step = jnn.make_train_step(model, lambda o, t: jnp.mean((o - t) ** 2), optimizer)
-    params, opt_state, new_state, logs = step(
-        params, opt_state, (x, jnp.zeros((6, 5, 1))), None, state
-    )
-    assert set(new_state) == {"batch_norm_0"}
-    assert not np.allclose(new_state["batch_norm_0"]["mean"], 0.0)  # moved by the data
-
-
-def test_axis_name_averages_across_a_mapped_axis(key, x):
-    bn = jnn.BatchNorm(axis_name="devices")
-    params, state = bn.init_with_state(key, x[0])
-    mapped = jax.vmap(
-        lambda v: bn.apply(params, v, state=state, is_training=True), axis_name="devices"
-    )
-    y, new_state = mapped(x)
-    whole, whole_state = jnn.BatchNorm().apply(
-        params, x.reshape(-1, 4), state=state, is_training=True
-    )
-    np.testing.assert_allclose(y.reshape(-1, 4), whole, rtol=1e-4, atol=1e-4)
-    np.testing.assert_allclose(new_state["mean"][0], whole_state["mean"], rtol=1e-5)
-
-
-def test_errors(key, x):
-    bn = jnn.BatchNorm()
-    params, state = bn.init_with_state(key, x)
-    with pytest.raises(jnn.ParamsError, match=r"BatchNorm: needs its running statistics"):
-        bn.apply(params, x)
-    with pytest.raises(jnn.ShapeError, match=r"BatchNorm: expected input of rank at least 2"):
-        bn.init_with_state(key, jnp.ones(3))
-    with pytest.raises(
-        jnn.ShapeError,
-        match=r"BatchNorm: expected input with 4 features on axis -1 \(set at init\), got shape "
-        r"\(6, 5, 3\)",
-    ):
-        bn.apply(params, x[..., :3], state=state)
-    with pytest.raises(ValueError, match=r"BatchNorm: momentum must be in \[0, 1\]"):
-        jnn.BatchNorm(momentum=2.0)
-
-
-# --------------------------------------------------------------------------- per-example norms
-# LayerNorm, RMSNorm and GroupNorm against textbook formulas in NumPy float64.
+# Each layer against textbook formulas in NumPy float64.
 
 
 @pytest.fixture
@@ -159,20 +64,6 @@ def numpy_rms_norm(x, axes, eps, scale=None, offset=None):
     return y
 
 
-def numpy_group_norm(x, num_groups, eps, scale, offset):
-    """One example and one group at a time: statistics over spatial positions and channels."""
-    x = np.asarray(x, np.float64)
-    size = x.shape[-1] // num_groups
-    y = np.empty_like(x)
-    for n in range(x.shape[0]):
-        for g in range(num_groups):
-            block = x[n, ..., g * size : (g + 1) * size]
-            mean = block.mean()
-            var = ((block - mean) ** 2).mean()
-            y[n, ..., g * size : (g + 1) * size] = (block - mean) / np.sqrt(var + eps)
-    return y * np.asarray(scale, np.float64) + np.asarray(offset, np.float64)
-
-
 AXES = [-1, (-2, -1), (1, 3), 2, (0,)]
 
 
@@ -202,38 +93,6 @@ def test_rms_norm_matches_textbook(key, spread, axis, use_offset, transform):
     axes = axis if isinstance(axis, tuple) else (axis,)
     expected = numpy_rms_norm(spread, axes, 1e-3, params["scale"], params.get("offset"))
     np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-5)
-
-
-@pytest.mark.parametrize("shape", [(2, 6), (2, 5, 6), (2, 3, 4, 6)])
-@pytest.mark.parametrize("num_groups", [1, 2, 3, 6])
-@pytest.mark.parametrize("transform", TRANSFORMS)
-def test_group_norm_matches_textbook(key, shape, num_groups, transform):
-    x = np.random.default_rng(5).normal(1.0, 2.0, shape).astype(np.float32)
-    layer = GroupNorm(num_groups=num_groups, epsilon=1e-3)
-    params = layer.init(key, x)
-    assert params["scale"].shape == params["offset"].shape == (6,)
-    params = random_affine((6,))
-    y = transform(layer.apply)(params, x)
-    expected = numpy_group_norm(x, num_groups, 1e-3, params["scale"], params["offset"])
-    np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-5)
-    by_size = GroupNorm(group_size=6 // num_groups, epsilon=1e-3)
-    np.testing.assert_allclose(transform(by_size.apply)(params, x), y, rtol=1e-6, atol=1e-6)
-
-
-def test_group_norm_special_cases(key, spread):
-    """One group is LayerNorm over all non-batch axes; a group per channel is instance norm."""
-    affine = random_affine((6,))
-    one_group = GroupNorm(num_groups=1).apply(affine, spread)
-    ln_params = {k: np.broadcast_to(v, spread.shape[1:]) for k, v in affine.items()}
-    layer_norm = LayerNorm(axis=(1, 2, 3)).apply(ln_params, spread)
-    np.testing.assert_allclose(one_group, layer_norm, rtol=1e-5, atol=1e-5)
-
-    plain = {"scale": np.ones(6, np.float32), "offset": np.zeros(6, np.float32)}
-    instance = GroupNorm(num_groups=6).apply(plain, spread)
-    x = spread.astype(np.float64)
-    mean = x.mean(axis=(1, 2), keepdims=True)
-    var = ((x - mean) ** 2).mean(axis=(1, 2), keepdims=True)
-    np.testing.assert_allclose(instance, (x - mean) / np.sqrt(var + 1e-5), rtol=1e-5, atol=1e-5)
 
 
 def test_defaults_and_no_affine(key, spread):
@@ -326,17 +185,6 @@ def test_vmap_over_batch_equals_batched(key, spread, layer):
     np.testing.assert_allclose(mapped, layer.apply(params, spread), rtol=1e-6, atol=1e-6)
 
 
-def test_group_norm_vmap_is_per_example(key, spread):
-    layer = GroupNorm(num_groups=2)
-    params = with_affine(layer, key, spread)
-    one_at_a_time = jax.vmap(lambda v: layer.apply(params, v[None])[0])(spread)
-    np.testing.assert_allclose(one_at_a_time, layer.apply(params, spread), rtol=1e-6, atol=1e-6)
-    stacked = np.stack([spread, 2 * spread + 1])  # [replica, batch, height, width, channels]
-    mapped = jax.vmap(layer.apply, in_axes=(None, 0))(params, stacked)
-    whole = layer.apply(params, stacked.reshape(4, 3, 4, 6)).reshape(stacked.shape)
-    np.testing.assert_allclose(mapped, whole, rtol=1e-6, atol=1e-6)
-
-
 def test_in_sequential_matches_by_hand(key, spread):
     model = jnn.Sequential([jnn.Dense(6), LayerNorm(), jnn.relu, GroupNorm(2), RMSNorm()])
     params = model.init(key, spread)
@@ -399,64 +247,86 @@ def test_layer_norm_and_rms_norm_errors(key):
 @pytest.mark.parametrize("cls", [LayerNorm, RMSNorm, GroupNorm])
 def test_hyperparameter_errors(cls):
     name = cls.__name__
-    for bad in [-1.0, float("nan"), float("inf"), "1e-5", True]:
+    for bad in [-1.0, float("nan"), float("inf")]:
         with pytest.raises(ValueError, match=rf"^{name}: epsilon must be a finite number >= 0"):
             cls(epsilon=bad)
-    with pytest.raises(TypeError, match=rf"^{name}: use_scale must be a bool, got 'yes'\."):
+    for bad in ["1e-5", True]:  # kinds are checked against the annotation
+        with pytest.raises(TypeError, match=rf"^{name}: epsilon must be a float, got {bad!r}"):
+            cls(epsilon=bad)
+    with pytest.raises(TypeError, match=rf"^{name}: use_scale must be a bool, got 'yes' \(str\)"):
         cls(use_scale="yes")
-    with pytest.raises(TypeError, match=rf"^{name}: use_offset must be a bool, got 1\."):
+    with pytest.raises(TypeError, match=rf"^{name}: use_offset must be a bool, got 1 \(int\)"):
         cls(use_offset=1)
+    for bad, shown in [(jnp.int8, "'int8'"), ("foo", "'foo'"), (None, "None")]:
+        with pytest.raises(
+            TypeError, match=rf"^{name}: param_dtype must be a floating-point dtype .*{shown}\.$"
+        ):
+            cls(param_dtype=bad)
     if cls is GroupNorm:
         return
-    with pytest.raises(TypeError, match=rf"^{name}: axis must be an int or a tuple of ints"):
+    with pytest.raises(
+        TypeError, match=rf"^{name}: axis must be an int or a list or tuple of ints, got 1\.5"
+    ):
         cls(axis=1.5)
     with pytest.raises(ValueError, match=rf"^{name}: axis must name at least one axis"):
         cls(axis=())
     with pytest.raises(ValueError, match=rf"^{name}: axis \(1, 1\) names the same axis twice"):
         cls(axis=(1, 1))
+    assert cls(axis=(np.int64(-2), -1)) == cls(axis=[-2, -1]) == cls(axis=(-2, -1))
 
 
-def test_group_norm_errors(key):
+@pytest.mark.parametrize("layer", LAYERS)
+def test_param_dtype_and_initializers(key, spread, layer):
+    calls = []
+
+    def half(key, shape, dtype, **kwargs):
+        calls.append(kwargs)
+        return jnp.full(shape, 0.5, dtype)
+
+    custom = dataclasses.replace(
+        layer, scale_init=half, offset_init=jnn.initializers.constant(2.0), param_dtype=jnp.bfloat16
+    )
+    params = custom.init(key, spread)
+    assert calls == [{}]  # a per-feature scale has no fan-in to pass
+    assert all(p.dtype == jnp.bfloat16 for p in params.values())
+    np.testing.assert_array_equal(params["scale"], 0.5)
+    if "offset" in params:
+        np.testing.assert_array_equal(params["offset"], 2.0)
+    y = jax.jit(custom.apply)(params, spread)
+    assert y.dtype == jnp.float32  # the input's, not the params'
+    plain = layer.apply({k: v.astype(jnp.float32) for k, v in params.items()}, spread)
+    np.testing.assert_allclose(y, plain, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("layer", LAYERS)
+def test_float64_inputs_get_float64_statistics(key, layer):
+    previous = jax.config.jax_enable_x64
+    jax.config.update("jax_enable_x64", True)
+    try:
+        x = 1e4 + 0.1 * np.random.default_rng(8).standard_normal((2, 3, 6))
+        custom = dataclasses.replace(layer, param_dtype=jnp.float64, epsilon=0.0)
+        params = custom.init(key, x)
+        assert all(p.dtype == jnp.float64 for p in params.values())
+        y = custom.apply(params, x)
+        assert y.dtype == jnp.float64
+        if isinstance(layer, LayerNorm):  # the other layers are covered by the float32 tests
+            axes = layer.axis if isinstance(layer.axis, tuple) else (layer.axis,)
+            np.testing.assert_allclose(y, numpy_layer_norm(x, axes, 0.0), rtol=1e-9, atol=1e-9)
+    finally:
+        jax.config.update("jax_enable_x64", previous)
+
+
+def test_initializer_errors(key, spread):
+    with pytest.raises(TypeError, match=r"^LayerNorm: scale_init: .*takes 2 positional argument"):
+        LayerNorm(scale_init=lambda k, s: jnp.ones(s)).init(key, spread)
     with pytest.raises(
-        jnn.ShapeError,
-        match=r"^GroupNorm: expected a channel count divisible by num_groups=4, got 6 channels "
-        r"in input of shape \(2, 3, 6\)\.$",
+        TypeError, match=r"^GroupNorm: offset_init: initializer .* returned shape \(3,\)"
     ):
-        GroupNorm(num_groups=4).init(key, jnp.zeros((2, 3, 6)))
+        GroupNorm(2, offset_init=lambda k, s, d: jnp.zeros(3, d)).init(key, spread)
     with pytest.raises(
-        jnn.ShapeError, match=r"divisible by group_size=4, got 6 channels in input of shape"
+        TypeError, match=r"^RMSNorm: scale_init: initializer .* returned int, expected an array"
     ):
-        GroupNorm(group_size=4).init(key, jnp.zeros((2, 3, 6)))
-    with pytest.raises(jnn.ShapeError, match=r"divisible by num_groups=32, got 16 channels"):
-        GroupNorm().init(key, jnp.zeros((2, 16)))
-    with pytest.raises(
-        jnn.ShapeError,
-        match=r"GroupNorm: expected input of rank at least 2 \(\[batch, \*spatial, channels\]\), "
-        r"got shape \(6,\)\. Hint: add a batch axis",
-    ):
-        GroupNorm(2).init(key, jnp.zeros(6))
-    layer = GroupNorm(2)
-    params = layer.init(key, jnp.zeros((2, 3, 6)))
-    with pytest.raises(
-        jnn.ShapeError,
-        match=r"GroupNorm: expected input with 6 channels on the last axis \(set at init\), got "
-        r"shape \(2, 3, 4\)\.",
-    ):
-        layer.apply(params, jnp.zeros((2, 3, 4)))
-    bare = GroupNorm(2, use_scale=False, use_offset=False)
-    with pytest.raises(jnn.ShapeError, match=r"divisible by num_groups=2, got 5 channels"):
-        bare.apply({}, jnp.zeros((2, 3, 5)))
-    with pytest.raises(jnn.DTypeError, match=r"GroupNorm: expected a floating-point input"):
-        layer.apply(params, jnp.zeros((2, 3, 6), jnp.int32))
-    with pytest.raises(
-        ValueError,
-        match=r"GroupNorm: set num_groups or group_size, not both; got num_groups=2, "
-        r"group_size=3\.",
-    ):
-        GroupNorm(num_groups=2, group_size=3)
-    for field in ("num_groups", "group_size"):
-        with pytest.raises(ValueError, match=rf"GroupNorm: {field} must be a positive int"):
-            GroupNorm(**{field: 0})
+        RMSNorm(scale_init=lambda k, s, d: 1).init(key, spread)
 
 
 def test_errors_name_the_path_in_sequential(key):
@@ -498,18 +368,3 @@ def test_one_pass_statistics_survive_a_large_mean(layer):
         mean, var = x64.mean(-1, keepdims=True), x64.var(-1, keepdims=True)
         expected = (x64 - mean) / np.sqrt(var + layer.epsilon)
     np.testing.assert_allclose(layer.apply(params, x), expected, atol=2e-3)
-
-
-def test_batch_norm_statistics_survive_a_large_mean(key):
-    """The batch statistics come from one shifted pass: a large mean does not cancel."""
-    rng = np.random.default_rng(0)
-    x = (1e4 + 0.1 * rng.standard_normal((16, 5, 3))).astype(np.float32)
-    bn = jnn.BatchNorm(momentum=0.0)
-    params, state = bn.init_with_state(key, x)
-    y, state = bn.apply(params, x, state=state, is_training=True)
-    x64 = x.astype(np.float64)
-    mean, var = x64.mean(axis=(0, 1)), x64.var(axis=(0, 1))
-    np.testing.assert_allclose(state["mean"], mean, rtol=1e-6)
-    np.testing.assert_allclose(state["variance"], var, rtol=1e-2)
-    # x - mean itself is rounded at 1e-3 (float32 near 1e4), 1% of the spread.
-    np.testing.assert_allclose(y, (x64 - mean) / np.sqrt(var + bn.epsilon), atol=1e-2)

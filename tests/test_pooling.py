@@ -1,4 +1,4 @@
-"""Pooling, Flatten and Reshape: NumPy loop references, both pooling paths, gradients, errors."""
+"""MaxPool and AvgPool: NumPy loop references, both pooling paths, gradients, errors."""
 
 import itertools
 import math
@@ -175,7 +175,6 @@ def distinct(rng, shape):
         (AvgPool((2, 2)), (2, 4, 6, 2)),
         (AvgPool((3, 2), stride=(2, 1), padding=1, count_include_pad=False), (1, 5, 4, 2)),
         (AvgPool((2, 2, 2), padding="SAME"), (1, 3, 3, 3, 1)),
-        (GlobalMaxPool(), (2, 3, 4, 2)),
     ],
 )
 def test_gradients(rng, layer, shape):
@@ -200,34 +199,6 @@ def test_unbatched_and_vmap_equal_the_batched_call(rng, layer, shape, transform)
     np.testing.assert_array_equal(transform(layer.apply)({}, x[1]), batched[1])
     vmapped = jax.vmap(transform(layer.apply), in_axes=(None, 0))({}, x)
     np.testing.assert_allclose(vmapped, batched, rtol=1e-6)
-
-
-@pytest.mark.parametrize("transform", TRANSFORMS)
-@pytest.mark.parametrize("shape", [(2, 5, 3), (2, 3, 4, 3), (2, 2, 3, 4, 3)])
-def test_global_pools_match_numpy(rng, shape, transform):
-    x = rng.standard_normal(shape).astype(np.float32)
-    axes = tuple(range(1, len(shape) - 1))
-    for keepdims in (False, True):
-        y = transform(GlobalMaxPool(keepdims).apply)({}, x)
-        np.testing.assert_array_equal(y, x.max(axes, keepdims=keepdims))
-        y = transform(GlobalAvgPool(keepdims=keepdims).apply)({}, x)
-        np.testing.assert_allclose(y, x.mean(axes, keepdims=keepdims), rtol=1e-5, atol=1e-6)
-    assert GlobalAvgPool().apply({}, x).shape == (2, 3)
-
-
-@pytest.mark.parametrize("transform", TRANSFORMS)
-def test_flatten_and_reshape_match_numpy(rng, transform):
-    x = rng.standard_normal((2, 3, 4, 5)).astype(np.float32)
-    np.testing.assert_array_equal(transform(Flatten().apply)({}, x), x.reshape(2, 60))
-    np.testing.assert_array_equal(transform(Flatten(2).apply)({}, x), x.reshape(2, 3, 20))
-    np.testing.assert_array_equal(transform(Flatten(-2).apply)({}, x), x.reshape(2, 3, 20))
-    np.testing.assert_array_equal(transform(Flatten(0).apply)({}, x), x.reshape(120))
-    np.testing.assert_array_equal(transform(Flatten().apply)({}, x[..., 0, 0]), x[..., 0, 0])
-    np.testing.assert_array_equal(transform(Reshape((60,)).apply)({}, x), x.reshape(2, 60))
-    np.testing.assert_array_equal(transform(Reshape([5, -1]).apply)({}, x), x.reshape(2, 5, 12))
-    np.testing.assert_array_equal(
-        transform(Reshape((2, 3, 2, 5)).apply)({}, x), x.reshape(2, 2, 3, 2, 5)
-    )
 
 
 def test_layers_inside_sequential_have_no_params(rng):
@@ -268,9 +239,27 @@ def test_lenet_style_model_shapes():
 @pytest.mark.parametrize(
     "make, match",
     [
+        (lambda: MaxPool("2"), r"^MaxPool: window must be an int or a list or tuple of ints, "),
+        (lambda: MaxPool(2.0), r"^MaxPool: window must be an int or a list or tuple of ints"),
+        (lambda: MaxPool((2, 2), stride=1.0), r"^MaxPool: stride must be an int or a list or "),
+        (lambda: MaxPool(2, padding=None), r"^MaxPool: padding must be a string or an int or "),
+        (
+            lambda: AvgPool(2, count_include_pad=1),
+            r"^AvgPool: count_include_pad must be a bool, got 1 \(int\)\.",
+        ),
+    ],
+)
+def test_hyperparameter_type_errors(make, match):
+    with pytest.raises(TypeError, match=match):
+        make()
+
+
+@pytest.mark.parametrize(
+    "make, match",
+    [
         (lambda: MaxPool(0), r"^MaxPool: window must be positive, got 0\."),
+        (lambda: MaxPool((2, -2)), r"^MaxPool: window must be positive, got \(2, -2\)\."),
         (lambda: MaxPool(()), r"^MaxPool: window must be an int \(1-D\) or a tuple with one"),
-        (lambda: MaxPool("2"), r"^MaxPool: window must be an int \(1-D\) or a tuple"),
         (
             lambda: MaxPool((2, 2), stride=(1,)),
             r"^MaxPool: stride must be an int or 2 ints \(one per spatial axis, as in "
@@ -289,97 +278,92 @@ def test_lenet_style_model_shapes():
             r"^MaxPool: padding must be smaller than the window on every axis, so that every "
             r"window overlaps the input; got padding=\(\(1, 1\), \(0, 2\)\), window=\(3, 2\)\.",
         ),
-        (
-            lambda: AvgPool(2, count_include_pad=1),
-            r"^AvgPool: count_include_pad must be a bool, got 1\.",
-        ),
-        (lambda: GlobalAvgPool(keepdims=None), r"^GlobalAvgPool: keepdims must be a bool"),
-        (lambda: Flatten(1.0), r"^Flatten: start_axis must be an int, got 1\.0\."),
-        (
-            lambda: Reshape((3, -1, -1)),
-            r"^Reshape: shape must be a tuple of positive ints with at most one -1, "
-            r"got \(3, -1, -1\)\.",
-        ),
-        (lambda: Reshape((0, 3)), r"^Reshape: shape must be a tuple of positive ints"),
-        (lambda: Reshape(12), r"^Reshape: shape must be a tuple of positive ints"),
     ],
 )
-def test_hyperparameter_errors(make, match):
+def test_hyperparameter_value_errors(make, match):
     with pytest.raises(ValueError, match=match):
         make()
 
 
+def test_numpy_ints_and_lowercase_padding_are_accepted():
+    i = np.int64
+    assert MaxPool([i(2), i(2)], stride=i(1), padding="same") == MaxPool((2, 2), 1, "SAME")
+    assert AvgPool(i(3), padding=[(i(1), i(0))]) == AvgPool(3, padding=((1, 0),))
+
+
+@pytest.mark.parametrize("layer", [MaxPool((2, 2)), AvgPool((2, 2), padding="SAME")], ids=str)
+def test_init_requires_the_batch_axis_and_apply_takes_one_example(rng, layer):
+    name = type(layer).__name__
+    with pytest.raises(
+        jnn.ShapeError,
+        match=rf"^{name}: init expected a batched input of rank 4 \(\[batch, height, width, "
+        r"channels\]\), got shape \(32, 28, 28\)\. Hint: if this is a batch without its "
+        r"channel axis \(a grayscale batch, say\), add it: x\[\.\.\., None\]; if it is a "
+        r"single example, add the batch axis: x\[None\]\.",
+    ):
+        layer.init(jax.random.key(0), jnp.zeros((32, 28, 28)))
+    assert layer.init(jax.random.key(0), jnp.zeros((32, 28, 28, 1))) == {}
+    x = jnp.asarray(rng.standard_normal((2, 6, 6, 3)), jnp.float32)
+    np.testing.assert_array_equal(layer.apply({}, x[0]), layer.apply({}, x)[0])
+    vmapped = jax.jit(jax.vmap(layer.apply, in_axes=(None, 0)))({}, x)
+    np.testing.assert_allclose(vmapped, layer.apply({}, x), rtol=1e-6)
+
+
 def test_input_errors():
+    key = jax.random.key(0)
     with pytest.raises(
         jnn.ShapeError,
         match=r"^MaxPool: expected input of rank 4 \(\[batch, height, width, channels\]\) or 3 "
-        r"\(unbatched\), got shape \(28, 28\)\. Hint: add a channels axis, e\.g\. x\[\.\.\., None\]\.",
+        r"\(unbatched\), got shape \(28, 28\)\. Hint: add a channel axis, e\.g\. x\[\.\.\., None\]\.",
     ):
         MaxPool((2, 2)).apply({}, jnp.zeros((28, 28)))
     with pytest.raises(
         jnn.ShapeError,
+        match=r"^MaxPool: expected input of rank 4 \(\[batch, height, width, channels\]\), got "
+        r"shape \(28, 28\)\. Hint: add the batch and channel axes, e\.g\. x\[None, \.\.\., None\]\.",
+    ):
+        MaxPool((2, 2)).init(key, jnp.zeros((28, 28)))
+    with pytest.raises(
+        jnn.ShapeError,
         match=r"^MaxPool: expected input of rank 3 \(\[batch, length, channels\]\) or 2 "
         r"\(unbatched\), got shape \(8, 28, 28, 3\)\. Hint: the number of spatial axes is "
-        r"len\(window\); for 2-D inputs give 2 window sizes, e\.g\. window=\(2, 2\)\.",
+        r"len\(window\); for 2-D inputs give 2 sizes, e\.g\. window=\(2, 2\)\.",
     ):
         MaxPool(2).apply({}, jnp.zeros((8, 28, 28, 3)))
     with pytest.raises(
         jnn.ShapeError, match=r"^AvgPool: expected input of rank 5 \(\[batch, depth, height, width"
     ):
         AvgPool((2, 2, 2)).apply({}, jnp.zeros((2, 4, 4, 4, 4, 1)))
-    with pytest.raises(
-        jnn.DTypeError, match=r"^AvgPool: expected a floating-point input, got dtype int32"
-    ):
-        AvgPool((2, 2)).apply({}, jnp.zeros((1, 4, 4, 1), jnp.int32))
+    for x in (jnp.zeros((1, 4, 4, 1), jnp.int32), jnp.zeros((1, 4, 4, 1), bool)):
+        with pytest.raises(
+            jnn.DTypeError, match=r"^AvgPool: expected a floating-point input, got dtype"
+        ):
+            AvgPool((2, 2)).apply({}, x)
+        with pytest.raises(jnn.DTypeError, match=r"^MaxPool: expected a floating-point input"):
+            MaxPool((2, 2)).init(key, x)
     with pytest.raises(
         jnn.ShapeError,
-        match=r"^MaxPool: expected spatial size at least \(3, 3\) \(the window\) with padding "
-        r"'VALID', got shape \(1, 2, 5, 1\)\.",
+        match=r"^MaxPool: expected spatial size at least \(3, 3\) \(the window\) after padding "
+        r"'VALID', got shape \(1, 2, 5, 1\)\.$",
     ):
         MaxPool((3, 3)).apply({}, jnp.zeros((1, 2, 5, 1)))
     with pytest.raises(
         jnn.ShapeError,
-        match=r"^AvgPool: expected spatial size at least \(4,\) \(the window\) with padding "
-        r"\(\(1, 0\),\), got shape \(2, 1\) \(padded to \(3,\)\)\.",
+        match=r"^AvgPool: expected spatial size at least \(4,\) \(the window\) after padding "
+        r"\(\(1, 0\),\), got shape \(2, 1\) \(padded to \(3,\)\)\.$",
     ):
         AvgPool(4, padding=((1, 0),)).apply({}, jnp.zeros((2, 1)))
     with pytest.raises(
         jnn.ShapeError,
-        match=r"^GlobalMaxPool: expected input of rank at least 3 \(\[batch, \*spatial, "
-        r"channels\]\), got shape \(4, 3\)\. Hint: an unbatched example needs a batch axis",
+        match=r"^MaxPool: expected non-empty spatial axes \(\[\.\.\., length, channels\]\), "
+        r"got shape \(2, 0, 3\)\.$",
     ):
-        GlobalMaxPool().apply({}, jnp.zeros((4, 3)))
-    with pytest.raises(jnn.DTypeError, match=r"^GlobalAvgPool: expected a floating-point input"):
-        GlobalAvgPool().apply({}, jnp.zeros((2, 3, 3, 1), jnp.int32))
-    with pytest.raises(
-        jnn.ShapeError,
-        match=r"^Flatten: expected input of rank at least 2 \(axes from start_axis=1 on are "
-        r"merged\), got shape \(5,\)\.",
-    ):
-        Flatten().apply({}, jnp.zeros(5))
-    with pytest.raises(jnn.ShapeError, match=r"^Flatten: expected input of rank at least 3 "):
-        Flatten(-3).apply({}, jnp.zeros((2, 5)))
-    with pytest.raises(
-        jnn.ShapeError,
-        match=r"^Reshape: expected examples of 12 elements to reshape to \(3, 4\), got shape "
-        r"\(2, 5, 3\) \(15 elements per example\)\.",
-    ):
-        Reshape((3, 4)).apply({}, jnp.zeros((2, 5, 3)))
-    with pytest.raises(
-        jnn.ShapeError,
-        match=r"^Reshape: expected examples of a multiple of 4 elements to reshape to "
-        r"\(4, -1\), got shape \(2, 5, 3\) \(15 elements per example\)\.",
-    ):
-        Reshape((4, -1)).apply({}, jnp.zeros((2, 5, 3)))
-    with pytest.raises(
-        jnn.ShapeError, match=r"^Reshape: expected input with a batch axis .*got shape \(\)\."
-    ):
-        Reshape((1,)).apply({}, jnp.float32(1.0))
+        MaxPool(2, padding="SAME").init(key, jnp.zeros((2, 0, 3)))
 
 
 def test_errors_name_the_path_in_sequential():
-    model = jnn.Sequential([MaxPool((2, 2)), Flatten(), Reshape((4, 4))])
-    small = r"expected spatial size at least \(2, 2\) \(the window\) with padding 'VALID'"
+    model = jnn.Sequential([MaxPool((2, 2)), jnn.Flatten(), jnn.Reshape((4, 4))])
+    small = r"expected spatial size at least \(2, 2\) \(the window\) after padding 'VALID'"
     with pytest.raises(jnn.ShapeError, match=rf"^MaxPool at 'max_pool_0': {small}"):
         model.init(jax.random.key(0), jnp.zeros((2, 1, 8, 1)))
     with pytest.raises(jnn.ShapeError, match=rf"^MaxPool at 'max_pool_0': {small}"):

@@ -83,6 +83,22 @@ def test_sinusoidal_errors():
         SinusoidalPositions().apply({}, jnp.zeros(4))
     with pytest.raises(DTypeError, match=r"SinusoidalPositions: expected a floating-point input"):
         SinusoidalPositions().apply({}, jnp.zeros((3, 4), jnp.int32))
+    with pytest.raises(
+        ShapeError, match=r"SinusoidalPositions: expected a scalar offset, got shape \(2, 1\)"
+    ):
+        SinusoidalPositions().apply({}, jnp.zeros((2, 3, 4)), offset=jnp.zeros((2, 1), int))
+    with pytest.raises(
+        DTypeError, match=r"SinusoidalPositions: expected offset to be a number, got dtype bool"
+    ):
+        SinusoidalPositions().apply({}, jnp.zeros((3, 4)), offset=True)
+    with pytest.raises(
+        TypeError, match=r"SinusoidalPositions: base must be a float, got '10' \(str\)"
+    ):
+        SinusoidalPositions(base="10")
+    with pytest.raises(
+        TypeError, match=r"sinusoidal_positions: base must be a number, got '10' \(str\)"
+    ):
+        sinusoidal_positions(3, 4, base="10")
 
 
 # --------------------------------------------------------------------------- learned
@@ -105,7 +121,7 @@ def test_learned_positions_init_and_gradients(key):
     layer = LearnedPositions(16)
     params = layer.init(key, jnp.zeros((1, 4, 256)))
     np.testing.assert_allclose(float(jnp.std(params["embedding"])), 0.02, rtol=0.05)
-    custom = LearnedPositions(4, w_init=initializers.constant(0.5)).init(key, jnp.zeros((2, 3)))
+    custom = LearnedPositions(4, w_init=initializers.constant(0.5)).init(key, jnp.zeros((1, 2, 3)))
     np.testing.assert_array_equal(custom["embedding"], np.full((4, 3), 0.5))
     x = jax.random.normal(key, (2, 3, 4))
     params = LearnedPositions(5).init(key, x)
@@ -118,15 +134,88 @@ def test_learned_positions_init_and_gradients(key):
 
 def test_learned_positions_in_a_scan_with_traced_offset(key):
     layer = LearnedPositions(4)
-    x = jnp.ones((6, 1, 2))  # six steps; the last two run past the table
-    params = layer.init(key, x[0])
+    x = jnp.ones((6, 1, 2))  # six steps of [batch 1, features 2]; the table has four rows
+    params = layer.init(key, x[:, :, None])
 
-    def step(t, x_t):
-        return t + 1, layer.apply(params, x_t, offset=t)
+    def run(x):
+        def step(t, x_t):
+            return t + 1, layer.apply(params, x_t[:, None], offset=t)
 
-    _, ys = jax.lax.scan(step, 0, x)
-    np.testing.assert_allclose(ys[:4, 0], 1 + params["embedding"], rtol=1e-6)
-    assert np.isnan(ys[4:]).all()
+        return jax.lax.scan(step, 0, x)[1][:, :, 0]
+
+    np.testing.assert_allclose(jax.jit(run)(x[:4])[:, 0], 1 + params["embedding"], rtol=1e-6)
+    # Past the table the compiled program raises, naming the offset it reached.
+    with pytest.raises(
+        jax.errors.JaxRuntimeError,
+        match=r"LearnedPositions: offset 4 plus input length 1 = 5 exceeds max_length 4\. Hint: make the table longer\.",
+    ):
+        jax.block_until_ready(jax.jit(run)(x))
+
+
+def test_learned_positions_traced_negative_offset_raises_at_run_time(key):
+    layer = LearnedPositions(4)
+    x = jnp.ones((1, 2, 3))
+    params = layer.init(key, x)
+    shifted = jax.jit(lambda o: layer.apply(params, x, offset=o))
+    np.testing.assert_allclose(shifted(2), x + params["embedding"][2:], rtol=1e-6)
+    with pytest.raises(
+        jax.errors.JaxRuntimeError, match=r"LearnedPositions: offset must be >= 0, got -1\."
+    ):
+        jax.block_until_ready(shifted(-1))
+
+
+def test_learned_positions_batch_axis_rule(key):
+    layer = LearnedPositions(8)
+    with pytest.raises(
+        ShapeError,
+        match=r"LearnedPositions: expected input \[batch, ..., length, features\] of rank at least 3, got shape \(5, 4\)\. Hint: for one sequence add a batch axis, x\[None\]; a \(batch, features\) table has no positions: add a length axis, x\[:, None, :\]\.",
+    ):
+        layer.init(key, jnp.zeros((5, 4)))
+    x = jax.random.normal(key, (3, 5, 4))
+    params = layer.init(key, x)
+    per_example = jax.vmap(lambda x: layer.apply(params, x, offset=1))(x)
+    np.testing.assert_allclose(per_example, layer.apply(params, x, offset=1), rtol=1e-6)
+    with pytest.raises(
+        ShapeError,
+        match=r"LearnedPositions: expected input \[..., length, features\] of rank at least 2, got shape \(4,\)",
+    ):
+        layer.apply(params, jnp.zeros(4))
+
+
+def test_learned_positions_initializer_receives_the_fan_in(key):
+    seen = []
+
+    def recording(key, shape, dtype=jnp.float32, *, fan_in=None):
+        seen.append((tuple(shape), fan_in))
+        return jnp.zeros(shape, dtype)
+
+    LearnedPositions(6, w_init=recording).init(key, jnp.zeros((1, 2, 5)))
+    assert seen == [((6, 5), 5)]
+
+
+@pytest.mark.parametrize(
+    "offset, error, message",
+    [
+        (1.5, DTypeError, r"expected offset to be an integer, got dtype float32"),
+        (jnp.array(1.0), DTypeError, r"expected offset to be an integer, got dtype float32"),
+        (True, DTypeError, r"expected offset to be an integer, got dtype bool"),
+        (
+            "1",
+            DTypeError,
+            r"expected offset to be an integer \(a scalar array inside jit\), got str",
+        ),
+        (
+            jnp.array([1, 2]),
+            ShapeError,
+            r"expected a scalar offset, got shape \(2,\)\. Hint: one offset serves the whole batch",
+        ),
+    ],
+)
+def test_learned_positions_offset_errors(key, offset, error, message):
+    layer = LearnedPositions(8)
+    params = layer.init(key, jnp.zeros((2, 3, 4)))
+    with pytest.raises(error, match=r"LearnedPositions: " + message):
+        layer.apply(params, jnp.zeros((2, 3, 4)), offset=offset)
 
 
 def test_learned_positions_errors(key):
@@ -222,3 +311,11 @@ def test_rope_errors():
         rotary_embedding(jnp.zeros((2, 5, 2, 4)), jnp.arange(4))
     with pytest.raises(ValueError, match=r"rotary_embedding: base must be a number greater than 1"):
         rotary_embedding(jnp.zeros((5, 2, 4)), jnp.arange(5), base=1.0)
+    with pytest.raises(
+        DTypeError, match=r"rotary_embedding: expected a floating-point x, got dtype int32"
+    ):
+        rotary_embedding(jnp.zeros((5, 2, 4), jnp.int32), jnp.arange(5))
+    with pytest.raises(
+        DTypeError, match=r"rotary_embedding: expected integer or float positions, got dtype bool"
+    ):
+        rotary_embedding(jnp.zeros((5, 2, 4)), jnp.ones(5, bool))

@@ -1,4 +1,5 @@
-"""Training: the jitted step, evaluation, batching and fit."""
+"""Training: the jitted step, evaluation and fit, and the checks of their arguments
+(batching: test_batching.py)."""
 
 import chex
 import jax
@@ -96,30 +97,6 @@ def test_step_passes_the_key_to_stochastic_layers(key, data):
         step(params, optimizer.init(params), (x, y))
 
 
-def test_batches_cover_every_example_once_and_shuffle_by_key(data):
-    x, y = data
-    seen = np.concatenate([b[0] for b in jnn.batches((x, y), 20)])
-    np.testing.assert_array_equal(seen, x)
-    a = [b[1] for b in jnn.batches((x, y), 20, key=jax.random.key(0))]
-    b = [b[1] for b in jnn.batches((x, y), 20, key=jax.random.key(0))]
-    c = [b[1] for b in jnn.batches((x, y), 20, key=jax.random.key(1))]
-    chex.assert_trees_all_equal(a, b)
-    assert not all(np.array_equal(u, v) for u, v in zip(a, c, strict=True))
-    order = np.concatenate([b[0][:, 0] for b in jnn.batches((x, y), 20, key=jax.random.key(0))])
-    np.testing.assert_array_equal(np.sort(order), np.sort(x[:, 0]))
-    assert [len(b[0]) for b in jnn.batches((x, y), 20, drop_last=True)] == [20] * 4
-    dicts = list(jnn.batches({"x": x, "y": y}, 50))
-    assert dicts[1]["x"].shape == (46, 4)
-
-
-def test_batches_errors(data):
-    x, y = data
-    with pytest.raises(ValueError, match="batches: every array must share the leading"):
-        list(jnn.batches((x, y[:10]), 4))
-    with pytest.raises(ValueError, match="batches: batch_size must be a positive int"):
-        list(jnn.batches((x, y), 0))
-
-
 def test_evaluate_weights_batches_by_size(key, data):
     x, y = data
     model = jnn.MLP([8, 2])
@@ -198,3 +175,207 @@ def test_positional_and_keyword_calls_share_one_compilation(key, data):
     params, opt_state, _ = step(params, opt_state, (x, y), key)
     params, opt_state, _ = step(params, opt_state, batch=(x, y), key=key)
     assert len(traces) == 1
+
+
+# --------------------------------------------------------------------------- argument checks
+
+
+@pytest.fixture
+def setup(key, data):
+    x, y = data
+    model = jnn.MLP([8, 2])
+    return model, model.init(key, x), x, y
+
+
+@pytest.mark.parametrize(
+    ("override", "error", "message"),
+    [
+        ({"epochs": -1}, ValueError, r"^fit: epochs must be a positive int, got -1\.$"),
+        ({"epochs": 0}, ValueError, r"^fit: epochs must be a positive int, got 0\.$"),
+        ({"epochs": 2.0}, TypeError, r"^fit: epochs must be an int, got 2\.0 \(float\)\.$"),
+        ({"batch_size": 0}, ValueError, r"^fit: batch_size must be a positive int, got 0\.$"),
+        ({"batch_size": "32"}, TypeError, r"^fit: batch_size must be an int, got '32'"),
+        ({"key": 0}, TypeError, r"^fit: expected key to be a PRNG key such as jax\.random\.key"),
+        (
+            {"optimizer": optax.adam},
+            TypeError,
+            r"^fit: expected an optax GradientTransformation as optimizer, got adam\. Hint: "
+            r"call it to build the transformation, e\.g\. optax\.adam\(1e-3\)\.$",
+        ),
+        (
+            {"optimizer": 0.1},
+            TypeError,
+            r"got float\. Hint: wrap a learning rate in an optimizer, e\.g\. optax\.sgd\(0\.1\)\.$",
+        ),
+        (
+            {"loss_fn": optax.sgd(0.1)},
+            TypeError,
+            r"^fit: expected a function as loss_fn, got GradientTransformation.*\. Hint: that is "
+            r"an optimizer: the arguments are \(model, loss_fn, optimizer\)\.$",
+        ),
+        (
+            {"loss_fn": "cross_entropy"},
+            TypeError,
+            r"^fit: expected a function as loss_fn, got str\. Hint: pass the function itself",
+        ),
+        (
+            {"model": jnn.MLP},
+            TypeError,
+            r"^fit: expected a jnn\.Module as model, got type\. Hint: instantiate it, e\.g\. MLP",
+        ),
+        (
+            {"metrics": [accuracy]},
+            TypeError,
+            r"^fit: expected metrics as a dict of name -> function, got list\. Hint: name them, "
+            r"e\.g\. \{'accuracy': jnn\.accuracy\}\.$",
+        ),
+        (
+            {"metrics": {"accuracy": 0.5}},
+            TypeError,
+            r"^fit: expected a function for metric 'accuracy', got float\.",
+        ),
+        (
+            {"metrics": {"loss": accuracy}},
+            ValueError,
+            r"^fit: the metric name 'loss' is taken by the loss in the logs\.",
+        ),
+        ({"progress": "no"}, TypeError, r"^fit: expected progress to be a bool, got 'no' \(str\)"),
+        ({"drop_last": None}, TypeError, r"^fit: expected drop_last to be a bool, got None"),
+        ({"params": [1.0]}, jnn.ParamsError, r"^fit: expected params as a dict, got list\.$"),
+    ],
+)
+def test_fit_argument_errors(setup, key, override, error, message):
+    model, params, x, y = setup
+    arguments = {"model": model, "params": params, "loss_fn": cross_entropy}
+    arguments |= {"optimizer": optax.sgd(0.1), "train_data": (x, y), "key": key}
+    arguments |= {"progress": False} | override
+    with pytest.raises(error, match=message):
+        jnn.fit(**arguments)
+    assert not params["dense_0"]["weight"].is_deleted()  # refused before anything ran
+
+
+@pytest.mark.parametrize(
+    ("make_data", "error", "message"),
+    [
+        (
+            lambda x, y: (x, y[:10]),
+            ValueError,
+            r"^fit: every array must share the leading \(example\) axis, got 96 examples in "
+            r"train_data\[0\] but 10 in train_data\[1\]\.$",
+        ),
+        (
+            lambda x, y: x,
+            TypeError,
+            r"^fit: expected train_data as a pair \(inputs, targets\), got ndarray\. Hint: for "
+            r"several inputs use \(\(x1, x2\), targets\)\.$",
+        ),
+        (
+            lambda x, y: (x.tolist(), y),
+            TypeError,
+            r"^fit: expected arrays in train_data, got a float at train_data\[0\]\[0\]\[0\]\. "
+            r"Hint: convert Python lists first",
+        ),
+        (lambda x, y: (x[:0], y[:0]), ValueError, r"^fit: train_data holds 0 examples\.$"),
+    ],
+)
+def test_fit_data_errors(setup, key, make_data, error, message):
+    model, params, x, y = setup
+    data = make_data(x, y)
+    with pytest.raises(error, match=message):
+        jnn.fit(model, params, cross_entropy, optax.sgd(0.1), data, key=key, progress=False)
+
+
+def test_fit_checks_eval_data_before_training(setup, key):
+    model, params, x, y = setup
+    with pytest.raises(ValueError, match=r"got 5 examples in eval_data\[0\] but 4 in eval_data"):
+        jnn.fit(
+            model,
+            params,
+            cross_entropy,
+            optax.sgd(0.1),
+            (x, y),
+            key=key,
+            eval_data=(x[:5], y[:4]),
+            progress=False,
+        )
+
+
+def test_numpy_ints_are_accepted_wherever_ints_are(setup, key):
+    model, params, x, y = setup
+    result = jnn.fit(
+        model,
+        params,
+        cross_entropy,
+        optax.sgd(0.1),
+        (x, y),
+        key=key,
+        epochs=np.int64(2),
+        batch_size=np.int32(32),
+        progress=False,
+    )
+    assert len(result.history["loss"]) == 2
+    assert [len(b[0]) for b in jnn.batches((x, y), np.int64(40))] == [40, 40, 16]
+    scores = jnn.evaluate(model, params, (x, y), loss_fn=cross_entropy, batch_size=np.int16(50))
+    assert np.isfinite(scores["loss"])
+
+
+def test_evaluate_errors(setup):
+    model, params, x, y = setup
+    with pytest.raises(ValueError, match=r"^evaluate: data holds 0 examples\.$"):
+        jnn.evaluate(model, params, (x[:0], y[:0]), loss_fn=cross_entropy)
+    with pytest.raises(ValueError, match=r"^evaluate: batch_size must be a positive int, got 0"):
+        jnn.evaluate(model, params, (x, y), loss_fn=cross_entropy, batch_size=0)
+    with pytest.raises(ValueError, match=r"^evaluate: every array must share the leading"):
+        jnn.evaluate(model, params, (x, y[:3]), loss_fn=cross_entropy)
+    with pytest.raises(TypeError, match=r"^evaluate: expected data as a pair \(inputs, targets\)"):
+        jnn.evaluate(model, params, {"x": x, "y": y}, loss_fn=cross_entropy)
+    with pytest.raises(TypeError, match=r"^evaluate: expected a function as loss_fn, got str"):
+        jnn.evaluate(model, params, (x, y), loss_fn="mse")
+    with pytest.raises(ValueError, match=r"^evaluate: expected metric 'logits' to return a scalar"):
+        jnn.evaluate(model, params, (x, y), metrics={"logits": lambda o, t: o})
+
+
+def test_make_train_step_argument_errors(setup):
+    model, params, x, y = setup
+    optimizer = optax.sgd(0.1)
+    with pytest.raises(TypeError, match=r"^make_train_step: expected an optax Gradient"):
+        jnn.make_train_step(model, cross_entropy, cross_entropy)
+    with pytest.raises(TypeError, match=r"^make_train_step: expected a jnn\.Module as model, got"):
+        jnn.make_train_step(model.apply, cross_entropy, optimizer)
+    with pytest.raises(TypeError, match=r"^make_train_step: expected donate to be a bool"):
+        jnn.make_train_step(model, cross_entropy, optimizer, donate="yes")
+    with pytest.raises(TypeError, match=r"^make_train_step: expected metric names as strings"):
+        jnn.make_train_step(model, cross_entropy, optimizer, metrics={0: accuracy})
+
+
+@pytest.mark.parametrize(
+    ("loss_fn", "metrics", "error", "message"),
+    [
+        (
+            lambda o, t: optax.softmax_cross_entropy_with_integer_labels(o, t),
+            None,
+            ValueError,
+            r"^make_train_step: expected loss_fn to return a scalar, got shape \(96,\)\. Hint: "
+            r"reduce it over the batch, e\.g\. reduction='mean' for jnn losses, or \.mean\(\)\.",
+        ),
+        (
+            lambda o, t: jnp.sum(t),
+            None,
+            TypeError,
+            r"^make_train_step: expected loss_fn to return a floating-point scalar to "
+            r"differentiate, got dtype int32\.",
+        ),
+        (
+            cross_entropy,
+            {"hits": lambda o, t: o.argmax(-1) == t},
+            ValueError,
+            r"^make_train_step: expected metric 'hits' to return a scalar, got shape \(96,\)",
+        ),
+    ],
+)
+def test_step_checks_what_loss_and_metrics_return(setup, loss_fn, metrics, error, message):
+    model, params, x, y = setup
+    optimizer = optax.sgd(0.1)
+    step = jnn.make_train_step(model, loss_fn, optimizer, metrics=metrics, donate=False)
+    with pytest.raises(error, match=message):
+        step(params, optimizer.init(params), (x, y))

@@ -1,4 +1,5 @@
-"""Transformer blocks and the decoder-only LM: composition, causality, cached decoding."""
+"""Transformer blocks and the decoder-only LM: composition, causality, cached decoding,
+the batch-axis rule, hyperparameter and input errors."""
 
 import chex
 import jax
@@ -7,6 +8,7 @@ import numpy as np
 import pytest
 
 import jnn
+from jnn import DTypeError, ParamsError, ShapeError
 
 
 @pytest.fixture
@@ -88,6 +90,202 @@ def test_blocks_stack_with_repeat(key, x):
     assert deep.apply(params, x).shape == x.shape
 
 
-def test_errors():
-    with pytest.raises(ValueError, match="TransformerBlock: num_heads must be a positive int"):
-        jnn.TransformerBlock(num_heads=0, mlp_features=8)
+# --------------------------------------------------------------------------- batch axis
+
+TABLE = r"Hint: a \(batch, features\) table would make examples attend to each other; add a length axis: x\[:, None, :\]\."
+
+
+def test_block_init_refuses_a_table_and_apply_takes_one_sequence(key, x):
+    block = jnn.TransformerBlock(num_heads=4, mlp_features=32, causal=True)
+    with pytest.raises(
+        ShapeError,
+        match=r"TransformerBlock: expected input \[batch, length, features\] of rank 3, got shape \(32, 16\)\. "
+        + TABLE,
+    ):
+        block.init(key, jnp.zeros((32, 16)))
+    params = block.init(key, x)
+    batched = block.apply(params, x)
+    np.testing.assert_allclose(block.apply(params, x[1]), batched[1], rtol=1e-5, atol=1e-5)
+    mapped = jax.jit(jax.vmap(lambda v: block.apply(params, v)))(x)
+    np.testing.assert_allclose(mapped, batched, rtol=1e-5, atol=1e-5)
+    with pytest.raises(
+        ShapeError,
+        match=r"TransformerBlock: expected input \[batch, length, features\] \(or one unbatched \[length, features\]\) of rank 2 or 3, got shape \(1, 2, 6, 16\)",
+    ):
+        block.apply(params, x[None])
+
+
+def test_lm_init_needs_a_batch_axis_and_apply_takes_one_sequence(key):
+    lm = jnn.TransformerLM(20, num_layers=1, features=8, num_heads=2, max_length=8)
+    tokens = jax.random.randint(key, (3, 5), 0, 20)
+    with pytest.raises(
+        ShapeError,
+        match=r"TransformerLM: expected token ids \[batch, length\] of rank 2, got shape \(5,\)\. Hint: add the batch axis: tokens\[None\]\.",
+    ):
+        lm.init(key, tokens[0])
+    params = lm.init(key, tokens)
+    batched = lm.apply(params, tokens)
+    np.testing.assert_allclose(lm.apply(params, tokens[2]), batched[2], rtol=1e-5, atol=1e-5)
+    mapped = jax.vmap(lambda t: lm.apply(params, t))(tokens)
+    np.testing.assert_allclose(mapped, batched, rtol=1e-5, atol=1e-5)
+    with pytest.raises(
+        ShapeError,
+        match=r"TransformerLM: expected token ids \[batch, length\] \(or one unbatched \[length\]\) of rank 1 or 2, got shape \(3, 5, 1\)",
+    ):
+        lm.apply(params, tokens[..., None])
+
+
+# --------------------------------------------------------------------------- errors
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, message",
+    [
+        (dict(num_heads=0), ValueError, r"num_heads must be a positive int, got 0"),
+        (dict(mlp_features=-1), ValueError, r"mlp_features must be a positive int, got -1"),
+        (dict(num_kv_heads=0), ValueError, r"num_kv_heads must be a positive int, got 0"),
+        (
+            dict(num_kv_heads=3),
+            ValueError,
+            r"num_heads \(4\) must be a multiple of num_kv_heads \(3\)",
+        ),
+        (dict(dropout_rate=1.5), ValueError, r"dropout_rate must be in \[0, 1\], got 1.5"),
+        (dict(num_heads=2.0), TypeError, r"num_heads must be an int, got 2.0"),
+        (dict(norm=jnn.LayerNorm), TypeError, r"norm must be a Module.*create the layer"),
+    ],
+)
+def test_block_hyperparameter_errors(kwargs, error, message):
+    with pytest.raises(error, match=r"TransformerBlock: " + message):
+        jnn.TransformerBlock(**{"num_heads": 4, "mlp_features": 8, **kwargs})
+
+
+def test_block_input_errors(key, x):
+    with pytest.raises(
+        ShapeError,
+        match=r"TransformerBlock: expected input features divisible by num_heads 3, got shape \(2, 6, 16\)",
+    ):
+        jnn.TransformerBlock(num_heads=3, mlp_features=8).init(key, x)
+    with pytest.raises(
+        ShapeError,
+        match=r"TransformerBlock: use_rope needs an even head size features / num_heads, got 12 / 4 = 3",
+    ):
+        jnn.TransformerBlock(num_heads=4, mlp_features=8, use_rope=True).init(key, x[..., :12])
+    block = jnn.TransformerBlock(num_heads=4, mlp_features=8)
+    params = block.init(key, x)
+    with pytest.raises(
+        ShapeError,
+        match=r"TransformerBlock: got a context of shape \(2, 3, 16\), but cross_attention is False\. Hint: build the block with cross_attention=True\.",
+    ):
+        block.apply(params, x, x[:, :3])
+    with pytest.raises(ShapeError, match=r"TransformerBlock: cross_attention=True needs a context"):
+        jnn.TransformerBlock(4, 8, cross_attention=True).init(key, x)
+    with pytest.raises(
+        ShapeError,
+        match=r"TransformerBlock: the mlp must map features to features: it gave shape \(2, 6, 4\) for input shape \(2, 6, 16\)",
+    ):
+        jnn.TransformerBlock(4, 8, mlp=jnn.Dense(4)).init(key, x)
+    with pytest.raises(
+        ShapeError,
+        match=r"LayerNorm at 'norm_1': expected input with last dimension 16 \(set at init\), got shape \(2, 6, 8\)",
+    ):
+        block.apply(params, x[..., :8])
+    with pytest.raises(
+        ParamsError, match=r"TransformerBlock: init_cache needs this block's params"
+    ):
+        block.init_cache(params["mlp"], 2, 8)
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, message",
+    [
+        (dict(num_layers=-1), ValueError, r"num_layers must be a positive int, got -1"),
+        (dict(num_layers=0), ValueError, r"num_layers must be a positive int, got 0"),
+        (dict(vocab_size=0), ValueError, r"vocab_size must be a positive int, got 0"),
+        (dict(features=0), ValueError, r"features must be a positive int, got 0"),
+        (dict(num_heads=-2), ValueError, r"num_heads must be a positive int, got -2"),
+        (dict(max_length=0), ValueError, r"max_length must be a positive int, got 0"),
+        (dict(mlp_features=0), ValueError, r"mlp_features must be a positive int, got 0"),
+        (dict(dropout_rate=-0.1), ValueError, r"dropout_rate must be in \[0, 1\], got -0.1"),
+        (
+            dict(num_heads=3),
+            ValueError,
+            r"features \(8\) must be divisible by num_heads \(3\)",
+        ),
+        (
+            dict(num_heads=8),
+            ValueError,
+            r"use_rope needs an even head size features / num_heads, got 8 / 8 = 1",
+        ),
+        (dict(max_length=None), TypeError, r"max_length must be an int, got None"),
+    ],
+)
+def test_lm_hyperparameter_errors(kwargs, error, message):
+    with pytest.raises(error, match=r"TransformerLM: " + message):
+        jnn.TransformerLM(
+            **{"vocab_size": 10, "num_layers": 1, "features": 8, "num_heads": 2, **kwargs}
+        )
+
+
+def test_lm_hyperparameters_accept_numpy_ints_and_odd_heads_without_rope():
+    lm = jnn.TransformerLM(np.int64(10), np.int32(1), features=8, num_heads=8, use_rope=False)
+    assert lm.vocab_size == 10 and lm.num_layers == 1
+
+
+def test_lm_input_and_cache_errors(key):
+    lm = jnn.TransformerLM(20, num_layers=2, features=8, num_heads=2, max_length=8)
+    tokens = jnp.zeros((2, 4), jnp.int32)
+    params = lm.init(key, tokens)
+    with pytest.raises(DTypeError, match=r"Embedding at 'embed': expected integer ids"):
+        lm.apply(params, tokens.astype(jnp.float32))
+    with pytest.raises(
+        ValueError, match=r"Embedding: expected ids in \[0, 20\) .* got 25 at index \(1, 2\)"
+    ):
+        lm.apply(params, tokens.at[1, 2].set(25))
+    cache = lm.init_cache(params, 2)
+    assert sorted(cache) == ["block_0", "block_1"]
+    hint = r"Hint: make it with model.init_cache\(params, batch_size\)\."
+    with pytest.raises(
+        ShapeError,
+        match=r"TransformerLM: expected a cache with one entry per block \['block_0', 'block_1'\], got \['block_0'\]\. "
+        + hint,
+    ):
+        lm.apply(params, tokens, cache={"block_0": cache["block_0"]})
+    with pytest.raises(
+        ShapeError, match=r"one entry per block .*, got \['index', 'key', 'value'\]"
+    ):
+        lm.apply(params, tokens, cache=cache["block_0"])
+    with pytest.raises(
+        ShapeError,
+        match=r"MultiHeadAttention at 'block_0/attention': expected cache key and value of shape \(1, 'max_length', 2, 4\)",
+    ):
+        lm.apply(params, tokens[:1], cache=cache)
+    with pytest.raises(
+        ParamsError,
+        match=r"TransformerLM: init_cache needs this model's params \(or their shapes\); missing \['block_0', 'block_1'\]",
+    ):
+        lm.init_cache(params["embed"], 2)
+    with pytest.raises(
+        ValueError, match=r"TransformerLM: batch_size must be a positive int, got 0"
+    ):
+        lm.init_cache(params, 0)
+
+
+@pytest.mark.parametrize("use_rope", [True, False], ids=["rope", "learned"])
+def test_lm_decoding_past_max_length_raises_eagerly_and_under_jit(key, use_rope):
+    lm = jnn.TransformerLM(20, 1, features=8, num_heads=2, max_length=4, use_rope=use_rope)
+    params = lm.init(key, jnp.zeros((1, 4), jnp.int32))
+    token = jnp.zeros((1, 1), jnp.int32)
+    cache = lm.init_cache(params, 1)
+    _, full = lm.apply(params, jnp.zeros((1, 4), jnp.int32), cache=cache)
+    if use_rope:  # the cache is the limit
+        eager = r"MultiHeadAttention at 'block_0/attention': cache overflow: 1 new positions at index 4 do not fit in the cache's max_length 4"
+        traced = r"MultiHeadAttention: cache overflow: 1 new positions at index 4 do not fit in the cache's max_length 4"
+    else:  # the position table comes first
+        eager = r"LearnedPositions at 'positions': offset 4 plus input length 1 = 5 exceeds max_length 4"
+        # Both checks fail at run time; whichever runs first reports.
+        traced = r"LearnedPositions: offset 4 plus input length 1 = 5 exceeds max_length 4|MultiHeadAttention: cache overflow: 1 new positions at index 4"
+    with pytest.raises(ShapeError, match=eager):
+        lm.apply(params, token, cache=full)
+    decode = jax.jit(lambda c, t: lm.apply(params, t, cache=c))
+    with pytest.raises(jax.errors.JaxRuntimeError, match=traced):
+        jax.block_until_ready(decode(full, token))
