@@ -41,7 +41,9 @@ def test_one_scan_is_identical_to_two_rnns(make_cell, padding, return_sequences,
     params = both.init(key, x, **keywords)
     got = transform(lambda p, x, kw: both.apply(p, x, **kw))(params, x, keywords)
     expected = transform(lambda p, x, kw: two_rnns(both, p, x, **kw))(params, x, keywords)
-    chex.assert_trees_all_equal(got, expected)
+    # Bit-identical under XLA's default CPU compilation; the suite's fast-compile flags
+    # (tests/conftest.py) let tanh round differently in the last bit.
+    chex.assert_trees_all_close(got, expected, rtol=1e-6, atol=1e-7)
 
 
 def test_time_major_and_different_cells(key):

@@ -18,6 +18,7 @@ PAGES = [
 ]
 
 
+@pytest.mark.slow  # whole tutorials that train networks: run by `pytest -m slow` and CI
 @pytest.mark.parametrize("page", PAGES)
 def test_page_code_runs(page, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
