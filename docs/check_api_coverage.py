@@ -1,8 +1,8 @@
 """Fail (exit 1) if a name in ``jnn.__all__`` is missing from the API reference.
 
 A name counts as documented when a ``::: path`` entry in ``docs/api/*.md`` renders the
-same object (so ``::: jnn._regression_losses.huber`` covers ``jnn.huber``), or when an entry renders a
-module whose ``__all__`` lists it (``::: jnn.activations`` covers ``jnn.relu``).
+same object (so ``::: jnn._regression_losses.huber`` covers ``jnn.huber``), or when an
+entry renders a module whose ``__all__`` lists it (``::: jnn.activations`` covers ``jnn.relu``).
 
 Run from anywhere: ``python docs/check_api_coverage.py``.
 """
