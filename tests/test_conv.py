@@ -8,7 +8,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import TRANSFORMS, check_gradients
+from conftest import (
+    TRANSFORMS,
+    check_gradients,
+    torch_conv_transpose_weight_to_jnn,
+    torch_conv_weight_to_jnn,
+)
 
 import jnn
 from jnn import Conv, ConvTranspose
@@ -34,21 +39,6 @@ def conv_pairs(padding, spatial, kernel, stride, dilation):
     if padding == "VALID":
         return [(0, 0)] * n
     return [(p, p) if isinstance(p, int) else tuple(p) for p in per_axis(padding, n)]
-
-
-def torch_conv_weight_to_jnn(w):
-    """[features, in // groups, *k] to [*k, in // groups, features], as the docstring says."""
-    n = w.ndim - 2
-    return np.transpose(w, (*range(2, 2 + n), 1, 0))
-
-
-def torch_conv_transpose_weight_to_jnn(w, groups):
-    """[in, features // groups, *k] to [*k, in // groups, features], as the docstring says."""
-    channels, f_per_group, *kernel = w.shape
-    n = len(kernel)
-    w = w.reshape(groups, channels // groups, f_per_group, *kernel)
-    w = np.transpose(w, (*range(3, 3 + n), 1, 0, 2))
-    return w.reshape(*kernel, channels // groups, groups * f_per_group)
 
 
 def numpy_conv(x, w, bias, stride, pairs, dilation, groups):
