@@ -34,11 +34,9 @@ from jnn._checks import check_array_inputs, check_key, check_params_leaves
 from jnn._errors import DTypeError, LayerError, ParamsError, layer_name
 from jnn._hyperparams import canonical, install_validation, same, short_repr
 from jnn._params_check import compare_trees, expected_trees, leaf_paths
-from jnn._scope import Params, Scope, State, apply_composite, init_composite, specs
+from jnn._scope import Params, Scope, Shape, State, apply_composite, init_composite, specs
 
 __all__ = ["Module", "Params", "State", "Shape"]
-
-Shape = tuple[int, ...]
 
 
 # --------------------------------------------------------------------------- helpers

@@ -24,7 +24,9 @@ from jnn._errors import LayerError, MissingKeyError, ParamsError, layer_name
 __all__ = ["Scope", "child_key"]
 
 Params = dict[str, Any]
+"""A nested ``dict`` of ``jax.Array`` leaves with readable names."""
 State = dict[str, Any]
+"""Non-trainable state (e.g. running statistics), keyed like ``Params``."""
 Shape = tuple[int, ...]
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.\-]+$")
