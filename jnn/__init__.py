@@ -15,6 +15,7 @@ from jnn._batch_norm import BatchNorm
 from jnn._batching import batches
 from jnn._bidirectional import Bidirectional
 from jnn._binary_losses import binary_cross_entropy, sigmoid_binary_cross_entropy
+from jnn._callbacks import Callback, as_callbacks
 from jnn._categorical_losses import (
     softmax_cross_entropy,
     softmax_cross_entropy_with_integer_labels,
@@ -35,11 +36,15 @@ from jnn._conv_transpose import ConvTranspose
 from jnn._dense import MLP, Dense
 from jnn._divergences import kl_divergence
 from jnn._dropout import Dropout
+from jnn._early_stopping import EarlyStopping
 from jnn._embedding import Embedding
 from jnn._errors import DTypeError, LayerError, MissingKeyError, ParamsError, ShapeError
 from jnn._fit import FitResult, fit
 from jnn._freezing import freeze
 from jnn._group_norm import GroupNorm
+from jnn._history_plot import plot_history
+from jnn._json_lines import JSONLinesLogger, history_from_json_lines, read_json_lines
+from jnn._loops import NonFiniteError
 from jnn._masks import causal_mask, combine_masks, padding_mask
 from jnn._metrics import Mean, accuracy, confusion_matrix, top_k_accuracy
 from jnn._module import Module, Params, State
@@ -56,7 +61,10 @@ from jnn._regression_losses import huber, mean_absolute_error, mean_squared_erro
 from jnn._reshape import Flatten, Reshape
 from jnn._rnn import RNN
 from jnn._scope import Scope
-from jnn._training import evaluate, make_eval_step, make_train_step
+from jnn._step import make_train_step
+from jnn._summary import LayerSummary, Summary, summary
+from jnn._train_state import TrainState, epoch_key, init_train_state, step_key
+from jnn._training import evaluate, make_eval_step
 from jnn._transformer import TransformerBlock, TransformerLM
 from jnn.activations import (
     elu,
@@ -162,13 +170,29 @@ __all__ = [
     "confusion_matrix",
     "Mean",
     # training
+    "TrainState",
+    "init_train_state",
+    "step_key",
+    "epoch_key",
     "make_train_step",
     "make_eval_step",
     "evaluate",
     "batches",
     "fit",
     "FitResult",
+    "NonFiniteError",
+    "EarlyStopping",
+    "Callback",
+    "JSONLinesLogger",
+    "read_json_lines",
+    "history_from_json_lines",
+    "as_callbacks",
+    "plot_history",
     "freeze",
+    # seeing the model
+    "summary",
+    "Summary",
+    "LayerSummary",
     # profiling
     "profile_step",
     "StepProfile",

@@ -1,9 +1,9 @@
-"""``fit``: the whole training loop (shuffled epochs, per-step keys, evaluation, progress)
-over ``make_train_step`` and ``evaluate``; every argument is checked before it starts."""
+"""``fit``: the whole training loop over a ``TrainState``: shuffled epochs run as compiled
+chunks or step by step, a guard against non-finite values, evaluation, early stopping,
+callbacks, checkpoints and resume, and populations of runs."""
 
 from __future__ import annotations
 
-import math
 from typing import Any, NamedTuple
 
 import jax
@@ -11,154 +11,308 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jnn._batching import batches, check_bool, check_pair, count_examples
+from jnn._batching import check_bool, check_pair, count_examples
+from jnn._callbacks import as_callbacks
 from jnn._checks import check_params_leaves, check_positive_int
+from jnn._early_stopping import EarlyStopping, check_early_stopping
+from jnn._fit_support import (
+    Resume,
+    choose_mode,
+    epoch_logs,
+    evaluate_state,
+    host_steps,
+    progress_bar,
+    raise_if_bad,
+)
+from jnn._loops import Programs, copy, empty_tally
 from jnn._module import Module, Params, State
-from jnn._training import (
+from jnn._step import pure_step
+from jnn._train_checks import (
     Batch,
     LossFn,
     MetricFns,
-    check_key,
     check_loss_fn,
     check_metrics,
     check_model,
     check_optimizer,
-    evaluate,
-    make_train_step,
 )
+from jnn._train_state import TrainState, as_typed_key
 
 __all__ = ["fit", "FitResult"]
 
 
 class FitResult(NamedTuple):
-    """What ``fit`` returns."""
+    """What ``fit`` returns: the final train state, the history and how it ran."""
 
-    params: Params
-    state: State | None
-    opt_state: Any
-    history: dict[str, list[float]]
-    """Per-epoch means: ``loss`` and metrics on training batches, ``eval_*`` on ``eval_data``."""
+    train_state: TrainState
+    """The train state after the last epoch (with the best epoch's params and model
+    state when early stopping restored them)."""
+    history: dict[str, list]
+    """Per-epoch values: ``loss`` and metrics (means over the epoch's steps), ``eval_*``
+    on ``eval_data``, ``skipped`` steps with ``on_nonfinite='skip'``. For a population
+    each value is a list with one number per member."""
+    info: dict
+    """How the run went: ``mode`` (``"device"`` or ``"host"``), ``steps_per_call``,
+    ``seconds_per_step`` as measured when the mode was chosen, ``reason``,
+    ``initial_epoch`` (above 0 when resumed), ``stopped_early``, ``best_epoch``."""
+
+    @property
+    def params(self) -> Params:
+        return self.train_state.params
+
+    @property
+    def opt_state(self) -> Any:
+        return self.train_state.opt_state
+
+    @property
+    def model_state(self) -> State:
+        return self.train_state.model_state
+
+    @property
+    def state(self) -> State | None:
+        """The model state, or ``None`` for a stateless model (the name before TrainState)."""
+        return self.train_state.model_state or None
 
 
 def fit(
     model: Module,
-    params: Params,
+    train_state: TrainState | Params,
     loss_fn: LossFn,
     optimizer: optax.GradientTransformation,
     train_data: Batch,
     *,
-    key: jax.Array,
     epochs: int = 1,
     batch_size: int = 32,
-    state: State | None = None,
-    opt_state: Any = None,
     eval_data: Batch | None = None,
     metrics: MetricFns | None = None,
-    progress: bool = True,
+    shuffle: bool = True,
     drop_last: bool = True,
+    steps_per_call: int | str = "auto",
+    unroll: bool = False,
+    on_nonfinite: str = "raise",
+    early_stopping: EarlyStopping | None = None,
+    callbacks: Any = None,
+    checkpoints: Any = None,
+    resume: bool = True,
+    population: bool = False,
+    progress: bool = True,
+    key: jax.Array | None = None,
+    state: State | None = None,
+    opt_state: Any = None,
 ) -> FitResult:
-    """Train for ``epochs`` passes over ``train_data`` and return the history.
+    """Train for ``epochs`` passes over ``train_data``, starting from ``train_state``.
 
-    Every epoch shuffles the data with ``fold_in(key, epoch)``, and every step gets its own
-    key for stochastic layers. Training metrics are averaged over the epoch's batches;
-    ``eval_data`` is evaluated after each epoch in inference mode. The progress bar uses
-    ``tqdm.auto`` (a widget in notebooks, text in terminals).
+    Each epoch visits the data in the order of ``epoch_key(train_state.key, epoch)``
+    (or the stored order with ``shuffle=False``), one batch per step; each step gets
+    ``step_key(train_state.key, step)`` for stochastic layers. Training metrics are
+    averaged over the epoch's steps, and ``eval_data`` is evaluated after each epoch.
+
+    **Two modes, the same numbers.** In device mode the data are copied to the device
+    once and ``steps_per_call`` steps run as one XLA program, batches gathered on the
+    device: a small model pays no per-step Python. In host mode each step is one call,
+    and the next batch is gathered while the current step runs, for data too large for
+    the device. ``steps_per_call="auto"`` times a few steps of both (on copies of the
+    state) and takes the faster, with chunks of about a quarter second; ``1`` forces host
+    mode. ``result.info`` says what was chosen and why. Both modes give bit-identical
+    results on CPU.
+
+    **Non-finite values.** A step whose loss or gradients are NaN or inf changes
+    nothing. With ``on_nonfinite="raise"`` (the default) ``fit`` then stops with a
+    ``jnn.NonFiniteError`` naming the epoch, the step and whether the inputs, the loss
+    or the gradients went non-finite first; ``error.train_state`` is the last finite
+    state. With ``"skip"`` training goes on, and ``history["skipped"]`` counts them.
+    The check runs on the device; the host looks once per chunk.
 
     Args:
       model: The model.
-      params: Initial params (copied: the caller's arrays stay valid).
+      train_state: A ``jnn.TrainState`` (``jnn.init_train_state``); it is copied, so it
+        stays valid. Plain params are accepted too (the form before ``TrainState``):
+        then ``key`` is required, and ``state``/``opt_state`` may be given.
       loss_fn: ``loss_fn(outputs, targets) -> scalar``.
-      optimizer: An optax gradient transformation.
+      optimizer: The optax gradient transformation the state was made with.
       train_data: ``(inputs, targets)`` arrays with a shared leading axis.
-      key: PRNG key of the shuffles and the stochastic layers.
-      epochs: Passes over the data, a positive int.
+      epochs: The total number of epochs, a positive int (a resumed run counts the
+        epochs already done).
       batch_size: Examples per step, a positive int.
-      state: Initial state, for stateful models (from ``init_with_state``).
-      opt_state: Optimizer state to resume from; ``optimizer.init(params)`` by default.
-      eval_data: Optional ``(inputs, targets)`` evaluated after each epoch.
+      eval_data: Optional ``(inputs, targets)``, evaluated after each epoch.
       metrics: Functions ``metric(outputs, targets)`` reported by name.
-      progress: Show a progress bar.
+      shuffle: Visit the data in a new random order every epoch.
       drop_last: Skip each epoch's last incomplete batch (one compiled shape).
+      steps_per_call: ``"auto"``, or the steps per compiled call (1: host mode).
+      unroll: In device mode, unroll the steps of a call instead of looping. XLA on CPU
+        runs convolution gradients inside a loop body slowly (jax-ml/jax#12868);
+        unrolling avoids that at a compile time that grows with ``steps_per_call``.
+      on_nonfinite: ``"raise"`` or ``"skip"``.
+      early_stopping: A ``jnn.EarlyStopping`` to stop when a metric stops improving.
+      callbacks: A ``jnn.Callback``, a function ``f(epoch, logs, train_state)``, or a
+        list of them, called after each epoch (return ``True`` to stop).
+      checkpoints: A directory (or a ``jnn.CheckpointManager``) to save the run to after
+        every epoch: the train state, the history and the early-stopping status.
+      resume: With ``checkpoints``, continue from the latest checkpoint there if any.
+      population: ``train_state`` holds a population of runs stacked on a leading axis
+        (``jax.vmap`` of ``init_train_state``); they train as one program, each with
+        its own shuffle, and every history value has one entry per member.
+      progress: Show a progress bar (``tqdm.auto``).
+      key: Only with plain params: the run's PRNG key.
+      state: Only with plain params: the model state.
+      opt_state: Only with plain params: the optimizer state to resume from.
 
     Returns:
-      ``FitResult(params, state, opt_state, history)``.
+      ``FitResult(train_state, history, info)``; ``.params``, ``.model_state`` and
+      ``.opt_state`` read the train state.
 
     Raises:
-      TypeError: Before training, if an argument is of the wrong kind: ``model`` not a
-        ``jnn.Module``, ``optimizer`` not an optax transformation, ``loss_fn`` not a
-        function, ``metrics`` not a dict of functions, ``train_data``/``eval_data`` not
-        pairs ``(inputs, targets)`` of arrays, ``key`` not a PRNG key, ``epochs`` or
-        ``batch_size`` not ints (NumPy ints are accepted), ``progress``/``drop_last``
-        not bools.
-      ValueError: Before training, if ``epochs`` or ``batch_size`` is not positive, the
-        data hold no examples or arrays of different lengths, or ``drop_last`` leaves
-        no full batch.
+      TypeError, ValueError: Before training, for arguments of the wrong kind or value.
+      NonFiniteError: With ``on_nonfinite="raise"``, when a step goes non-finite.
+      CheckpointError: When resuming from a checkpoint of a different model or run.
     """
     name = "fit"
     check_model(name, model)
-    check_params_leaves(name, params)
     check_loss_fn(name, loss_fn)
     check_optimizer(name, optimizer)
+    ts = _train_state(name, train_state, optimizer, key, state, opt_state)
     check_pair(name, train_data, "train_data")
     n = count_examples(name, train_data, "train_data")
-    check_key(name, key)
-    check_positive_int(name, "epochs", epochs)
-    check_positive_int(name, "batch_size", batch_size)
+    for what, value in (("epochs", epochs), ("batch_size", batch_size)):
+        check_positive_int(name, what, value)
     epochs, batch_size = int(epochs), int(batch_size)
     if eval_data is not None:
         check_pair(name, eval_data, "eval_data")
         count_examples(name, eval_data, "eval_data")
-    check_metrics(name, metrics)
-    check_bool(name, "progress", progress)
-    check_bool(name, "drop_last", drop_last)
-    params = jax.tree.map(jnp.copy, params)
-    state = None if state is None else jax.tree.map(jnp.copy, state)
-    opt_state = optimizer.init(params) if opt_state is None else jax.tree.map(jnp.copy, opt_state)
-    train_data = jax.tree.map(np.asarray, train_data)
-    step = make_train_step(model, loss_fn, optimizer, metrics=metrics)
-    steps_per_epoch = n // batch_size if drop_last else math.ceil(n / batch_size)
-    if steps_per_epoch == 0:
+    metrics = check_metrics(name, metrics)
+    for what, value in (("shuffle", shuffle), ("drop_last", drop_last), ("unroll", unroll)):
+        check_bool(name, what, value)
+    for what, value in (("resume", resume), ("population", population), ("progress", progress)):
+        check_bool(name, what, value)
+    if steps_per_call != "auto":
+        check_positive_int(name, "steps_per_call", steps_per_call)
+    if on_nonfinite not in ("raise", "skip"):
+        raise ValueError(f"{name}: on_nonfinite must be 'raise' or 'skip', got {on_nonfinite!r}.")
+    names = {"loss", *metrics} | ({"skipped"} if on_nonfinite == "skip" else set())
+    if eval_data is not None:
+        names |= {"eval_loss"} | {f"eval_{k}" for k in metrics}
+    check_early_stopping(name, early_stopping, names)
+    if population and early_stopping is not None:
+        raise ValueError(f"{name}: early_stopping stops one run; it cannot stop a population.")
+    callbacks = as_callbacks(name, callbacks)
+    members = _population_size(name, ts) if population else None
+    full = n // batch_size
+    tail = 0 if drop_last else n - full * batch_size
+    if full == 0 and drop_last:
         raise ValueError(
-            f"fit: {n} examples give no full batch of {batch_size}; lower batch_size "
+            f"{name}: {n} examples give no full batch of {batch_size}; lower batch_size "
             "or pass drop_last=False."
         )
-    shuffle_key, step_key = jax.random.split(key)
-    history: dict[str, list[float]] = {}
-    bar = _progress(epochs * steps_per_epoch, progress)
-    global_step = 0
-    for epoch in range(epochs):
-        epoch_logs = []
-        order_key = jax.random.fold_in(shuffle_key, epoch)
-        for batch in batches(train_data, batch_size, key=order_key, drop_last=drop_last):
-            k = jax.random.fold_in(step_key, global_step)
-            if state is None:
-                params, opt_state, logs = step(params, opt_state, batch, k)
+
+    host_data = jax.tree.map(np.asarray, train_data)
+    core = pure_step(name, model, loss_fn, optimizer, metrics)
+    programs = Programs(core, on_nonfinite, batch_size, population, shuffle)
+    first = np.arange(min(batch_size, n))
+    sample = programs.host_batch(host_data, np.tile(first, (members, 1)) if population else first, 0, len(first))
+    log_names = _log_names(core, ts, sample, population)
+    tally0 = empty_tally(log_names)
+    if population:
+        tally0 = jax.tree.map(lambda a: jnp.broadcast_to(a, (members, *a.shape)), tally0)
+
+    resumed = Resume.start(name, checkpoints, resume, ts, early_stopping, batch_size, n)
+    ts, history, initial_epoch = resumed.train_state, resumed.history, resumed.epoch
+    info = {"initial_epoch": initial_epoch, "stopped_early": resumed.stopped, "best_epoch": None}
+    if initial_epoch >= epochs or resumed.stopped:
+        return FitResult(resumed.finish(ts), history, info | {"mode": None})
+
+    order = programs.orders(ts.key, initial_epoch, n)
+    mode, chunk, timings, reason = choose_mode(
+        programs, steps_per_call, ts, tally0, host_data, order, full, unroll
+    )
+    info.update(mode=mode, steps_per_call=chunk, seconds_per_step=timings, reason=reason)
+    device_data = jax.device_put(host_data) if mode == "device" else None
+    steps_per_epoch = full + (tail > 0)
+    bar = progress_bar(progress, (epochs - initial_epoch) * steps_per_epoch, info)
+    for callback in callbacks:
+        callback.on_train_begin(
+            dict(info, epochs=epochs, steps_per_epoch=steps_per_epoch, population=members)
+        )
+    stop = False
+    try:
+        for epoch in range(initial_epoch, epochs):
+            if epoch > initial_epoch:
+                order = programs.orders(ts.key, epoch, n)
+            tally = copy(tally0)
+            if mode == "device":
+                start = 0
+                while start < full:
+                    count = min(chunk, full - start)
+                    ts, tally = programs.device_steps(
+                        ts, tally, device_data, order, start, count, unroll
+                    )
+                    start += count
+                    raise_if_bad(on_nonfinite, tally, ts, epoch, history)
+                    bar.update(count)
             else:
-                params, opt_state, state, logs = step(params, opt_state, batch, k, state)
-            epoch_logs.append(logs)
-            global_step += 1
-            if bar is not None:
+                ts, tally = host_steps(
+                    programs, ts, tally, host_data, np.asarray(order), full, on_nonfinite,
+                    epoch, history, bar,
+                )
+            if tail:
+                batch = programs.host_batch(host_data, np.asarray(order), full * batch_size, n)
+                ts, tally = programs.step(ts, tally, batch)
                 bar.update(1)
-        means = jax.device_get(jax.tree.map(lambda *v: jnp.mean(jnp.stack(v)), *epoch_logs))
-        summary = {name: float(value) for name, value in means.items()}
-        if eval_data is not None:
-            scores = evaluate(
-                model, params, eval_data, loss_fn=loss_fn, metrics=metrics, state=state
-            )
-            summary.update({f"eval_{name}": value for name, value in scores.items()})
-        for name, value in summary.items():
-            history.setdefault(name, []).append(value)
-        if bar is not None:
-            bar.set_description(f"epoch {epoch + 1}/{epochs}")
-            bar.set_postfix({name: f"{value:.4g}" for name, value in summary.items()})
-    if bar is not None:
+            raise_if_bad(on_nonfinite, tally, ts, epoch, history)
+            logs = epoch_logs(tally, on_nonfinite)
+            if eval_data is not None:
+                logs |= evaluate_state(model, ts, eval_data, loss_fn, metrics, population)
+            for key_, value in logs.items():
+                history.setdefault(key_, []).append(value)
+            stop = resumed.track(epoch, logs, ts)
+            for callback in callbacks:
+                stop = bool(callback.on_epoch_end(epoch + 1, logs, ts)) or stop
+            resumed.save(epoch, ts, history, logs, stop)
+            bar.epoch_done(epoch + 1, epochs, logs)
+            if stop:
+                break
+    finally:
         bar.close()
-    return FitResult(params, state, opt_state, history)
+    info.update(stopped_early=stop, best_epoch=resumed.best_epoch)
+    ts = resumed.finish(ts)
+    for callback in callbacks:
+        callback.on_train_end(history)
+    return FitResult(ts, history, info)
 
 
-def _progress(total: int, enabled: bool):
-    if not enabled:
-        return None
-    from tqdm.auto import tqdm
+def _train_state(name, train_state, optimizer, key, state, opt_state) -> TrainState:
+    """The caller's train state, copied; plain params are wrapped (the earlier form)."""
+    if isinstance(train_state, TrainState):
+        for what, value in (("key", key), ("state", state), ("opt_state", opt_state)):
+            if value is not None:
+                raise TypeError(
+                    f"{name}: {what}= goes with plain params; a TrainState already holds it "
+                    f"(train_state.{'model_state' if what == 'state' else what})."
+                )
+        check_params_leaves(name, train_state.params)
+        return copy(train_state)
+    check_params_leaves(name, train_state)
+    if key is None:
+        raise TypeError(
+            f"{name}: expected a jnn.TrainState, or params with key=. Hint: "
+            "train_state = jnn.init_train_state(model, optimizer, key, x_sample)."
+        )
+    key = as_typed_key(name, key)
+    ts = TrainState.create(copy(train_state), optimizer, key=key, model_state=copy(state))
+    return ts if opt_state is None else ts._replace(opt_state=copy(opt_state))
 
-    return tqdm(total=total, unit="step", dynamic_ncols=True)
+
+def _population_size(name: str, ts: TrainState) -> int:
+    sizes = {int(np.shape(leaf)[0]) if np.ndim(leaf) else None for leaf in jax.tree.leaves(ts)}
+    if len(sizes) != 1 or None in sizes:
+        raise ValueError(
+            f"{name}: population=True expects every leaf of the train state to have the same "
+            f"leading (member) axis, got leading sizes {sorted(map(str, sizes))}. Hint: "
+            "jax.vmap(lambda k: jnn.init_train_state(model, optimizer, k, x))(keys)."
+        )
+    return sizes.pop()
+
+
+def _log_names(core, ts, sample, population: bool) -> list[str]:
+    fn = (lambda s, b: core(s, b)[1]) if not population else jax.vmap(lambda s, b: core(s, b)[1])
+    return sorted(jax.eval_shape(fn, ts, sample))
+

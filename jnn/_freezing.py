@@ -21,7 +21,7 @@ import optax
 
 from jnn._checks import check_params_leaves
 from jnn._module import Params
-from jnn._training import check_optimizer
+from jnn._train_checks import check_optimizer
 
 __all__ = ["freeze"]
 

@@ -10,6 +10,7 @@ whatever the nesting depth.
 
 from __future__ import annotations
 
+import contextvars
 import functools
 import re
 import zlib
@@ -30,6 +31,13 @@ State = dict[str, Any]
 Shape = tuple[int, ...]
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.\-]+$")
+
+# Set by ``jnn.summary`` while it traces ``apply``: each child's apply then runs as
+# ``hook(owner, name, layer, params, *inputs, **context)``, so every layer's path and
+# output can be recorded. Unset, it costs one ``get`` per child call.
+APPLY_HOOK: contextvars.ContextVar[Callable | None] = contextvars.ContextVar(
+    "jnn_apply_hook", default=None
+)
 
 
 @functools.cache
@@ -169,7 +177,9 @@ class Scope:
             state = None
             if self._state is not None:
                 state = self.new_state.get(name, self._state.get(name, {}))
-            result = layer.apply(
+            hook = APPLY_HOOK.get()
+            run = layer.apply if hook is None else functools.partial(hook, self._owner, name, layer)
+            result = run(
                 params,
                 *inputs,
                 state=state,

@@ -241,12 +241,12 @@ def setup(key, data):
         ),
         ({"progress": "no"}, TypeError, r"^fit: expected progress to be a bool, got 'no' \(str\)"),
         ({"drop_last": None}, TypeError, r"^fit: expected drop_last to be a bool, got None"),
-        ({"params": [1.0]}, jnn.ParamsError, r"^fit: expected params as a dict, got list\.$"),
+        ({"train_state": [1.0]}, jnn.ParamsError, r"^fit: expected params as a dict, got list\.$"),
     ],
 )
 def test_fit_argument_errors(setup, key, override, error, message):
     model, params, x, y = setup
-    arguments = {"model": model, "params": params, "loss_fn": cross_entropy}
+    arguments = {"model": model, "train_state": params, "loss_fn": cross_entropy}
     arguments |= {"optimizer": optax.sgd(0.1), "train_data": (x, y), "key": key}
     arguments |= {"progress": False} | override
     with pytest.raises(error, match=message):
