@@ -43,7 +43,9 @@ class EarlyStopping:
     def __post_init__(self):
         name = "EarlyStopping"
         if not isinstance(self.metric, str) or not self.metric:
-            raise TypeError(f"{name}: metric must be a name such as 'eval_loss', got {self.metric!r}.")
+            raise TypeError(
+                f"{name}: metric must be a name such as 'eval_loss', got {self.metric!r}."
+            )
         if not isinstance(self.patience, int) or isinstance(self.patience, bool):
             raise TypeError(f"{name}: patience must be an int, got {self.patience!r}.")
         if self.patience < 1:

@@ -208,7 +208,8 @@ def fit(
     core = pure_step(name, model, loss_fn, optimizer, metrics)
     programs = Programs(core, on_nonfinite, batch_size, population, shuffle)
     first = np.arange(min(batch_size, n))
-    sample = programs.host_batch(host_data, np.tile(first, (members, 1)) if population else first, 0, len(first))
+    first = np.tile(first, (members, 1)) if population else first
+    sample = programs.host_batch(host_data, first, 0, first.shape[-1])
     log_names = _log_names(core, ts, sample, population)
     tally0 = empty_tally(log_names)
     if population:
@@ -250,8 +251,16 @@ def fit(
                     bar.update(count)
             else:
                 ts, tally = host_steps(
-                    programs, ts, tally, host_data, np.asarray(order), full, on_nonfinite,
-                    epoch, history, bar,
+                    programs,
+                    ts,
+                    tally,
+                    host_data,
+                    np.asarray(order),
+                    full,
+                    on_nonfinite,
+                    epoch,
+                    history,
+                    bar,
                 )
             if tail:
                 batch = programs.host_batch(host_data, np.asarray(order), full * batch_size, n)
@@ -315,4 +324,3 @@ def _population_size(name: str, ts: TrainState) -> int:
 def _log_names(core, ts, sample, population: bool) -> list[str]:
     fn = (lambda s, b: core(s, b)[1]) if not population else jax.vmap(lambda s, b: core(s, b)[1])
     return sorted(jax.eval_shape(fn, ts, sample))
-

@@ -37,7 +37,8 @@ def choose_mode(programs, steps_per_call, ts, tally, host_data, order, full, unr
     free = _free_device_bytes()
     if free is not None and size > free // 2:
         return "host", 1, None, f"the data ({size / 2**20:.0f} MiB) do not fit on the device"
-    timings = measure(programs, ts, tally, host_data, jax.device_put(host_data), order, min(full, 16))
+    device_data = jax.device_put(host_data)
+    timings = measure(programs, ts, tally, host_data, device_data, order, min(full, 16))
     host, device = timings["host"], timings["device"]
     ratio = f"{device * 1e6:.0f} us per step compiled, {host * 1e6:.0f} us step by step"
     if device <= host:
@@ -135,8 +136,10 @@ class _Bar:
 
         self.bar = tqdm(total=total, unit="step", dynamic_ncols=True)
         mode = info["mode"]
-        calls = "one step per call" if info["steps_per_call"] == 1 else (
-            f"{info['steps_per_call']} steps per call"
+        calls = (
+            "one step per call"
+            if info["steps_per_call"] == 1
+            else (f"{info['steps_per_call']} steps per call")
         )
         self.bar.write(f"fit: {mode} mode, {calls} ({info['reason']})")
 
@@ -164,7 +167,8 @@ class Resume:
     """Early stopping's tracking and the checkpoints of one ``fit`` call."""
 
     def __init__(self, name, manager, ts, early_stopping, fingerprint):
-        self.name, self.manager, self.es, self.fingerprint = name, manager, early_stopping, fingerprint
+        self.name, self.manager, self.es = name, manager, early_stopping
+        self.fingerprint = fingerprint
         self.train_state, self.history, self.epoch, self.stopped = ts, {}, 0, False
         self.best_value, self.best_epoch, self.wait = None, None, 0
         keep = early_stopping is not None and early_stopping.restore_best
@@ -199,7 +203,8 @@ class Resume:
         self.train_state = tree["train_state"]
         self.best = tree.get("best", self.best)
         self.history, self.epoch, self.stopped = run["history"], run["epoch"], run["stopped"]
-        self.best_value, self.best_epoch, self.wait = run["best_value"], run["best_epoch"], run["wait"]
+        self.best_value, self.best_epoch = run["best_value"], run["best_epoch"]
+        self.wait = run["wait"]
         return self
 
     def _tree(self, ts: TrainState) -> dict:
@@ -241,4 +246,3 @@ class Resume:
             return ts
         params, model_state = self.best
         return ts._replace(params=params, model_state=model_state)
-

@@ -4,6 +4,7 @@ metrics over a data set in inference mode."""
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from typing import Any
 
 import jax
