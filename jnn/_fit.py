@@ -114,7 +114,8 @@ def fit(
     the device. ``steps_per_call="auto"`` times a few steps of both (on copies of the
     state) and takes the faster, with chunks of about a quarter second; ``1`` forces host
     mode. ``result.info`` says what was chosen and why. Both modes give bit-identical
-    results on CPU.
+    results on CPU with XLA's default flags (an unrolled chunk agrees to rounding: XLA
+    may fuse its straight-line steps differently).
 
     **Non-finite values.** A step whose loss or gradients are NaN or inf changes
     nothing. With ``on_nonfinite="raise"`` (the default) ``fit`` then stops with a
