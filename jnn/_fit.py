@@ -268,7 +268,7 @@ def fit(
                 ts, tally = programs.step(ts, tally, batch)
                 bar.update(1)
             raise_if_bad(on_nonfinite, tally, ts, epoch, history)
-            logs = epoch_logs(tally, on_nonfinite)
+            logs = epoch_logs(tally, log_names, on_nonfinite)
             if eval_data is not None:
                 logs |= evaluate_state(model, ts, eval_data, loss_fn, metrics, population)
             for key_, value in logs.items():

@@ -58,14 +58,15 @@ def _free_device_bytes() -> int | None:
 
 
 def host_steps(programs: Programs, ts, tally, data, order, full, policy, epoch, history, bar):
-    """Host mode: one compiled call per step; the next batch is gathered while it runs."""
+    """Host mode: one compiled call per step; the next batch is gathered and copied to the
+    device while the current step runs."""
     bs = programs.batch_size
-    upcoming = programs.host_batch(data, order, 0, bs) if full else None
+    upcoming = jax.device_put(programs.host_batch(data, order, 0, bs)) if full else None
     for i in range(full):
         batch = upcoming
         ts, tally = programs.step(ts, tally, batch)  # asynchronous: returns before it runs
         if i + 1 < full:
-            upcoming = programs.host_batch(data, order, (i + 1) * bs, (i + 2) * bs)
+            upcoming = jax.device_put(programs.host_batch(data, order, (i + 1) * bs, (i + 2) * bs))
         if policy == "raise" and (i + 1) % HOST_CHECK_EVERY == 0:
             raise_if_bad(policy, tally, ts, epoch, history)
         bar.update(1)
@@ -84,12 +85,12 @@ def raise_if_bad(policy: str, tally, ts: TrainState, epoch: int, history: dict) 
     raise NonFiniteError(epoch + 1, int(first[member]), cause, ts, history)
 
 
-def epoch_logs(tally, policy: str) -> dict[str, Any]:
+def epoch_logs(tally, names: list[str], policy: str) -> dict[str, Any]:
     """The epoch's means (one transfer); lists with one value per member for populations."""
-    sums, count, skipped = jax.device_get((tally.sums, tally.count, tally.skipped))
-    count = np.asarray(count, np.float64)
+    sums, counts = jax.device_get(tuple(tally))
+    count, skipped = np.asarray(counts[..., 0], np.float64), counts[..., 1]
     with np.errstate(invalid="ignore", divide="ignore"):
-        logs = {k: np.asarray(v, np.float64) / count for k, v in sums.items()}
+        logs = {k: np.asarray(sums[..., i], np.float64) / count for i, k in enumerate(names)}
     if policy == "skip":
         logs["skipped"] = np.asarray(skipped, np.float64)
     return {k: _plain(v) for k, v in logs.items()}

@@ -60,19 +60,36 @@ class NonFiniteError(FloatingPointError):
 
 
 class Tally(NamedTuple):
-    """One epoch's running totals, carried on the device through the steps."""
+    """One epoch's running totals, carried on the device through the steps.
 
-    sums: dict  # name -> float32 scalar: sum of the counted steps' logs
-    count: jax.Array  # int32: steps counted
-    skipped: jax.Array  # int32: steps skipped for non-finite values
-    first_bad: jax.Array  # int32: TrainState.step of the first non-finite step, or -1
-    cause: jax.Array  # int32: index into CAUSES of that step's first non-finite stage
+    Two arrays rather than one per number: every argument of a compiled call costs
+    dispatch time, which is what a small model's step is made of in host mode.
+    """
+
+    sums: jax.Array  # float32[logs]: sums of the counted steps' logs, in sorted name order
+    counts: jax.Array  # int32[4]: steps counted, steps skipped, first bad step (-1), cause
+
+    @property
+    def count(self) -> jax.Array:
+        return self.counts[..., 0]
+
+    @property
+    def skipped(self) -> jax.Array:
+        return self.counts[..., 1]
+
+    @property
+    def first_bad(self) -> jax.Array:
+        """``TrainState.step`` of the first non-finite step, or -1."""
+        return self.counts[..., 2]
+
+    @property
+    def cause(self) -> jax.Array:
+        """Index into ``CAUSES`` of that step's first non-finite stage."""
+        return self.counts[..., 3]
 
 
 def empty_tally(log_names: list[str]) -> Tally:
-    zero = jnp.zeros((), jnp.float32)
-    count = jnp.zeros((), jnp.int32)
-    return Tally({k: zero for k in log_names}, count, count, jnp.full((), -1, jnp.int32), count)
+    return Tally(jnp.zeros(len(log_names), jnp.float32), jnp.array([0, 0, -1, 0], jnp.int32))
 
 
 def guarded(core: Callable, policy: str) -> Callable:
@@ -105,13 +122,16 @@ def guarded(core: Callable, policy: str) -> Callable:
             ts.key,
         )
         first = fresh & bad
-        tally = Tally(
-            {k: tally.sums[k] + jnp.where(accept, logs[k], 0).astype(jnp.float32) for k in logs},
-            tally.count + accept.astype(jnp.int32),
-            tally.skipped + (bad & (policy == "skip")).astype(jnp.int32),
-            jnp.where(first, ts.step, tally.first_bad),
-            jnp.where(first, cause, tally.cause),
+        values = jnp.stack([logs[k].astype(jnp.float32) for k in sorted(logs)])
+        counts = jnp.stack(
+            [
+                tally.count + accept.astype(jnp.int32),
+                tally.skipped + (bad & (policy == "skip")).astype(jnp.int32),
+                jnp.where(first, ts.step, tally.first_bad),
+                jnp.where(first, cause, tally.cause),
+            ]
         )
+        tally = Tally(tally.sums + jnp.where(accept, values, 0), counts)
         return out, tally
 
     return step
@@ -131,10 +151,8 @@ class Programs:
         self.batch_size = batch_size
 
         def run(ts, tally, data, order, start, n):
-            size = min(batch_size, order.shape[0])  # a short last batch is a data set of its own
-
             def body(i, carry):
-                index = jax.lax.dynamic_slice_in_dim(order, (start + i) * size, size)
+                index = jax.lax.dynamic_slice_in_dim(order, (start + i) * batch_size, batch_size)
                 return step(*carry, gather(data, index))
 
             return jax.lax.fori_loop(0, n, body, (ts, tally))
@@ -152,24 +170,17 @@ class Programs:
                 return jnp.arange(n, dtype=jnp.int32)
             return jax.random.permutation(epoch_key(key, epoch), n).astype(jnp.int32)
 
+        host_step = step
         if population:
-            # host mode hands each member its own batch; device mode gathers them inside
-            host_run = jax.vmap(run, in_axes=(0, 0, 0, None, None, None))
+            host_step = jax.vmap(step, in_axes=(0, 0, 0))  # each member gets its own batch
             run = jax.vmap(run, in_axes=(0, 0, None, 0, None, None))
             run_unrolled = jax.vmap(run_unrolled, in_axes=(0, 0, None, 0, None, None))
             orders = jax.vmap(orders, in_axes=(0, None, None))
+        self.step = jax.jit(host_step, donate_argnums=(0, 1))
         self.run = jax.jit(run, donate_argnums=(0, 1))
-        self.host_run = jax.jit(host_run, donate_argnums=(0, 1)) if population else self.run
         self.run_unrolled = jax.jit(run_unrolled, donate_argnums=(0, 1), static_argnums=(5,))
         self.orders = jax.jit(orders, static_argnums=(2,))
         self.population = population
-
-    def step(self, ts, tally, batch):
-        """One step on a batch already gathered: the device program with a chunk of one
-        step over the batch itself, so that host mode runs the very same executable as
-        device mode (the same numbers, whatever XLA's flags)."""
-        size = int(np.shape(jax.tree.leaves(batch)[0])[1 if self.population else 0])
-        return self.host_run(ts, tally, batch, np.arange(size, dtype=np.int32), 0, 1)
 
     def host_batch(self, data: Any, order: np.ndarray, start: int, stop: int) -> Any:
         """The batch of positions ``[start, stop)`` of the epoch, gathered on the host."""
