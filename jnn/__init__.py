@@ -21,6 +21,9 @@ from jnn._categorical_losses import (
     softmax_cross_entropy_with_integer_labels,
 )
 from jnn._cells import GRUCell, LSTMCell, SimpleRNNCell
+from jnn._checkpoint import checkpoint_metadata, load_checkpoint, save_checkpoint
+from jnn._checkpoint_files import CheckpointError
+from jnn._checkpoint_manager import CheckpointManager
 from jnn._combinators import (
     FunctionModule,
     Identity,
@@ -189,6 +192,12 @@ __all__ = [
     "as_callbacks",
     "plot_history",
     "freeze",
+    # checkpoints
+    "save_checkpoint",
+    "load_checkpoint",
+    "checkpoint_metadata",
+    "CheckpointManager",
+    "CheckpointError",
     # seeing the model
     "summary",
     "Summary",

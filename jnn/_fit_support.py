@@ -179,7 +179,8 @@ class Resume:
     def start(cls, name, checkpoints, resume, ts, early_stopping, batch_size, n) -> Resume:
         if checkpoints is None:
             return cls(name, None, ts, early_stopping, {})
-        from jnn._checkpoint import CheckpointError, CheckpointManager
+        from jnn._checkpoint_files import CheckpointError
+        from jnn._checkpoint_manager import CheckpointManager
 
         if isinstance(checkpoints, CheckpointManager):
             manager = checkpoints
