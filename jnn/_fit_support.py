@@ -240,7 +240,8 @@ class Resume:
             "wait": self.wait,
         }
         scores = {k: v for k, v in logs.items() if isinstance(v, float)}
-        self.manager.save(epoch + 1, self._tree(ts), metadata={"fit": run}, metrics=scores)
+        step = int(np.max(np.asarray(ts.step)))  # the members of a population share it
+        self.manager.save(step, self._tree(ts), metadata={"fit": run}, metrics=scores)
 
     def finish(self, ts: TrainState) -> TrainState:
         """The state to return: with the best epoch's params when early stopping keeps them."""
