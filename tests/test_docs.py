@@ -15,6 +15,7 @@ PAGES = [
     "rnn.md",
     "transformer.md",
     "training.md",
+    "checkpoints.md",
 ]
 
 
