@@ -4,6 +4,7 @@ callbacks, checkpoints and resume, and populations of runs."""
 
 from __future__ import annotations
 
+import functools
 from typing import Any, NamedTuple
 
 import jax
@@ -206,8 +207,12 @@ def fit(
         )
 
     host_data = jax.tree.map(np.asarray, train_data)
-    core = pure_step(name, model, loss_fn, optimizer, metrics)
-    programs = Programs(core, on_nonfinite, batch_size, population, shuffle)
+    setup = (model, loss_fn, optimizer, tuple(sorted(metrics.items())))
+    setup += (on_nonfinite, batch_size, population, shuffle)
+    try:  # a second fit of the same setup reuses the compiled programs
+        core, programs = _programs(*setup)
+    except TypeError:  # an unhashable hyperparameter somewhere: build them afresh
+        core, programs = _programs.__wrapped__(*setup)
     first = np.arange(min(batch_size, n))
     first = np.tile(first, (members, 1)) if population else first
     sample = programs.host_batch(host_data, first, 0, first.shape[-1])
@@ -320,6 +325,12 @@ def _population_size(name: str, ts: TrainState) -> int:
             "jax.vmap(lambda k: jnn.init_train_state(model, optimizer, k, x))(keys)."
         )
     return sizes.pop()
+
+
+@functools.lru_cache(maxsize=8)
+def _programs(model, loss_fn, optimizer, metrics, policy, batch_size, population, shuffle):
+    core = pure_step("fit", model, loss_fn, optimizer, dict(metrics))
+    return core, Programs(core, policy, batch_size, population, shuffle)
 
 
 def _log_names(core, ts, sample, population: bool) -> list[str]:

@@ -59,6 +59,10 @@ class TrainState(NamedTuple):
     ) -> TrainState:
         """A fresh train state for ``params``: ``optimizer.init(params)`` and step 0.
 
+        The state holds ``params``' own arrays (no copy): a donating step
+        (``make_train_step``'s default) frees them, as it frees the state it is given.
+        ``fit`` copies its argument and never frees it.
+
         Args:
           params: The model's params.
           optimizer: An optax gradient transformation; only its ``init`` is called.
