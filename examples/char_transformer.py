@@ -154,25 +154,27 @@ def main(argv=None) -> dict:
         max_length=args.context,  # the KV cache holds one training window
         dropout_rate=args.dropout,
     )
-    key = jax.random.key(args.seed)
-    init_key, train_key, sample_key = jax.random.split(key, 3)
-    params = model.init(init_key, jnp.zeros((1, args.context), jnp.int32))
+    init_key, sample_key = jax.random.split(jax.random.key(args.seed))
     schedule = optax.warmup_cosine_decay_schedule(
         0.0, args.learning_rate, min(100, args.steps // 10 + 1), args.steps
     )
     optimizer = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(schedule))
-    opt_state = optimizer.init(params)
+    # Params, optimizer state, step count and the run's key (step i's dropout key is
+    # jnn.step_key(state.key, i)), as one pytree.
+    state = jnn.init_train_state(
+        model, optimizer, init_key, jnp.zeros((1, args.context), jnp.int32)
+    )
     loss = jnn.softmax_cross_entropy_with_integer_labels
-    step = jnn.make_train_step(model, loss, optimizer)
+    step = jnn.make_train_step(model, loss, optimizer)  # donates the state: always rebind it
 
-    count = sum(p.size for p in jax.tree.leaves(params))
+    count = sum(p.size for p in jax.tree.leaves(state.params))
     print(f"{count:,} parameters; training {args.steps} steps (the first one compiles)")
     rng = np.random.default_rng(args.seed)
     start = time.perf_counter()
     for i in range(args.steps):
         starts = rng.integers(0, len(train) - args.context - 1, args.batch_size)
         batch = windows(train, starts, args.context)
-        params, opt_state, logs = step(params, opt_state, batch, jax.random.fold_in(train_key, i))
+        state, logs = step(state, batch)
         if i == 0 or (i + 1) % max(1, args.steps // 10) == 0:
             print(
                 f"step {i + 1:5d}/{args.steps}: train loss "
@@ -183,6 +185,7 @@ def main(argv=None) -> dict:
     # Held-out loss over consecutive windows that cover the test text once.
     starts = np.arange(0, len(test) - args.context - 1, args.context)
     evaluate = jax.jit(lambda p, x, y: loss(model.apply(p, x), y))
+    params = state.params
     test_bits = float(evaluate(params, *windows(test, starts, args.context))) / math.log(2)
     unigram_bits, bigram_bits = count_baseline_bits(train, test, len(alphabet))
     print(

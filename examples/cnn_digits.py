@@ -6,10 +6,14 @@ scikit-learn, no download), pixels scaled to [0, 1], split 75/25 with
 ``mlp_digits.py``.
 
 Network: three 3x3 convolutions with batch norm and ReLU, two 2x2 max pools, dropout and
-a dense classifier. Batch-norm statistics travel in ``state``; ``jnn.fit`` passes a new
-dropout key to every step, and its progress bar shows the epoch, the elapsed time and
-each epoch's losses. The training curve is saved as ``cnn_digits_curve.png`` in
-``--output-dir``.
+a dense classifier. ``jnn.init_train_state`` gathers the params, the batch-norm
+statistics (``model_state``), the optimizer state and the run's key in one
+``jnn.TrainState``; ``jnn.fit`` trains it, drawing each step's dropout key and each
+epoch's shuffle from that key, and its progress bar shows the epoch, the elapsed time and
+each epoch's losses. Into ``--output-dir`` go the training curve ``cnn_digits_curve.png``,
+the per-epoch log ``cnn_digits_history.jsonl`` (``jnn.JSONLinesLogger``, one JSON line
+written as each epoch ends) and ``cnn_digits_history.png``, that log read back and drawn
+by ``jnn.plot_history``.
 
 Run:  python examples/cnn_digits.py            (about 99.6% test accuracy)
       python examples/cnn_digits.py --output-dir /tmp/cnn
@@ -49,8 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--output-dir",
         type=Path,
         default=OUTPUT_DIR,
-        help="folder for cnn_digits_curve.png, created if missing; --smoke without it "
-        "writes to smoke/ inside the default",
+        help="folder for cnn_digits_curve.png, cnn_digits_history.jsonl and "
+        "cnn_digits_history.png, created if missing; --smoke without it writes to smoke/ "
+        "inside the default",
     )
     parser.add_argument("--smoke", action="store_true", help="2 epochs on 256 images (CI)")
     return parser
@@ -110,40 +115,55 @@ def main(argv=None) -> dict:
         x_train, y_train = x_train[:256], y_train[:256]
     print(f"{len(x_train)} training and {len(x_test)} test images")
     model = build_model(args.width, args.dropout)
-    key = jax.random.key(args.seed)
-    init_key, train_key = jax.random.split(key)
-    params, state = model.init_with_state(init_key, x_train[:1])
-    print(f"{sum(p.size for p in jax.tree.leaves(params)):,} parameters")
-    print(f"training {args.epochs} epochs (the first step compiles)")
-
     steps = args.epochs * (len(x_train) // args.batch_size)
     schedule = optax.cosine_decay_schedule(args.learning_rate, max(steps, 1))
+    optimizer = optax.adamw(schedule, weight_decay=1e-4)
+    # The params, the batch-norm statistics (model_state), the optimizer state and the
+    # run's key (dropout and shuffles), in one jnn.TrainState.
+    state = jnn.init_train_state(model, optimizer, jax.random.key(args.seed), x_train[:1])
+    print(f"{sum(p.size for p in jax.tree.leaves(state.params)):,} parameters")
+    print(f"training {args.epochs} epochs (the first step compiles)")
+
+    output_dir.mkdir(parents=True, exist_ok=True)
+    log = output_dir / "cnn_digits_history.jsonl"
     start = time.perf_counter()
     result = jnn.fit(
         model,
-        params,
+        state,
         jnn.softmax_cross_entropy_with_integer_labels,
-        optax.adamw(schedule, weight_decay=1e-4),
+        optimizer,
         (x_train, y_train),
-        key=train_key,
-        state=state,
         epochs=args.epochs,
         batch_size=args.batch_size,
         eval_data=(x_test, y_test),
         metrics={"accuracy": jnn.accuracy},
+        callbacks=[jnn.JSONLinesLogger(log, append=False)],  # a line per epoch, as it ends
     )
     seconds = time.perf_counter() - start
     history = result.history
     accuracy = history["eval_accuracy"][-1]
     print(f"trained {args.epochs} epochs in {seconds:.1f} s")
     print(f"test accuracy: {accuracy:.4f} (target >= {TARGET})")
-    output_dir.mkdir(parents=True, exist_ok=True)
+    print(f"saved {log.resolve()}")
     plot = output_dir / "cnn_digits_curve.png"
     save_curve(history, plot)
     print(f"saved {plot.resolve()}")
+    # Every quantity of the log against the epoch, read back from the file.
+    history_plot = output_dir / "cnn_digits_history.png"
+    figure = jnn.plot_history(jnn.history_from_json_lines(log), title="cnn_digits.py")
+    figure.axes[0].set_yscale("log")  # a matplotlib Figure: adjust it before saving
+    figure.savefig(history_plot, dpi=100)
+    print(f"saved {history_plot.resolve()}")
     if not args.smoke and accuracy < TARGET:
         sys.exit(1)
-    return {"test_accuracy": accuracy, "seconds": seconds, "history": history, "plot": plot}
+    return {
+        "test_accuracy": accuracy,
+        "seconds": seconds,
+        "history": history,
+        "plot": plot,
+        "log": log,
+        "history_plot": history_plot,
+    }
 
 
 def save_curve(history: dict, path: Path) -> None:

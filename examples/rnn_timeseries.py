@@ -88,13 +88,14 @@ def main(argv=None) -> dict:
         f"training {args.epochs} epochs on {len(x_train)} windows (targets "
         f"{years[WINDOW]}-{years[split - 1]}; the first step compiles)"
     )
+    optimizer = optax.adam(optax.cosine_decay_schedule(args.learning_rate, steps))
+    state = jnn.init_train_state(model, optimizer, jax.random.key(args.seed), x_train[:1])
     result = jnn.fit(
         model,
-        model.init(jax.random.key(args.seed), x_train[:1]),
+        state,
         jnn.mean_squared_error,
-        optax.adam(optax.cosine_decay_schedule(args.learning_rate, steps)),
+        optimizer,
         (x_train, y_train),
-        key=jax.random.key(args.seed + 1),
         epochs=args.epochs,
         batch_size=batch_size,
     )

@@ -135,13 +135,13 @@ def main(argv=None) -> dict:
         optax.cosine_decay_schedule(args.learning_rate, steps), weight_decay=args.weight_decay
     )
     print(f"training the character CNN for {args.epochs} epoch(s) (the first step compiles)")
+    state = jnn.init_train_state(model, optimizer, jax.random.key(args.seed), x_train[:1])
     result = jnn.fit(
         model,
-        model.init(jax.random.key(args.seed), x_train[:1]),
+        state,
         jnn.softmax_cross_entropy_with_integer_labels,
         optimizer,
         (x_train, y_train),
-        key=jax.random.key(args.seed + 1),
         epochs=args.epochs,
         batch_size=args.batch_size,
     )

@@ -113,8 +113,10 @@ def fit(
     device: a small model pays no per-step Python. In host mode each step is one call,
     and the next batch is gathered while the current step runs, for data too large for
     the device. ``steps_per_call="auto"`` times a few steps of both (on copies of the
-    state) and takes the faster, with chunks of about a quarter second; ``1`` forces host
-    mode. ``result.info`` says what was chosen and why. Both modes give bit-identical
+    state) and takes the faster, with chunks of about a quarter second; it keeps host
+    mode without timing device mode when a step takes over 20 ms (dispatch is then
+    negligible), and stops timing device mode once it is clearly slower (convolution
+    gradients in a loop on CPU, below). ``1`` forces host mode. ``result.info`` says what was chosen and why. Both modes give bit-identical
     results on CPU with XLA's default flags (an unrolled chunk agrees to rounding: XLA
     may fuse its straight-line steps differently).
 

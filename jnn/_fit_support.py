@@ -39,7 +39,14 @@ def choose_mode(programs, steps_per_call, ts, tally, host_data, order, full, unr
         return "host", 1, None, f"the data ({size / 2**20:.0f} MiB) do not fit on the device"
     device_data = jax.device_put(host_data)
     timings = measure(programs, ts, tally, host_data, device_data, order, min(full, 16))
-    host, device = timings["host"], timings["device"]
+    host, device = timings["host"], timings.get("device")
+    if device is None:
+        return (
+            "host",
+            1,
+            timings,
+            (f"measured {host * 1e3:.0f} ms per step: per-step dispatch is negligible"),
+        )
     ratio = f"{device * 1e6:.0f} us per step compiled, {host * 1e6:.0f} us step by step"
     if device <= host:
         chunk = int(min(full, max(2, round(CHUNK_SECONDS / max(device, 1e-9)))))

@@ -19,11 +19,13 @@ pytestmark = pytest.mark.slow
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 NAMES = sorted(p.stem for p in EXAMPLES.glob("*.py"))
 
-# The files each example writes to --output-dir (the others write none).
+# The files each example writes to --output-dir (the others write none; population only
+# with --plot).
 WRITES = {
-    "cnn_digits": "cnn_digits_curve.png",
-    "function_approximation": "function_approximation.png",
-    "rnn_timeseries": "rnn_timeseries.png",
+    "cnn_digits": ("cnn_digits_curve.png", "cnn_digits_history.jsonl", "cnn_digits_history.png"),
+    "function_approximation": ("function_approximation.png",),
+    "population": ("population.png",),
+    "rnn_timeseries": ("rnn_timeseries.png",),
 }
 
 # What each example prints while it trains, on which stream: its own lines with the
@@ -35,6 +37,7 @@ PROGRESS = {
     "rnn_timeseries": ("err", r"epoch 3/3: .*\[\d\d:\d\d<.*loss=\d"),
     "text_classifier": ("err", r"epoch 1/1: .*\[\d\d:\d\d<.*loss=\d"),
     "char_transformer": ("out", r"step +5/5: train loss \d+\.\d+ bits/char, \d+\.\d s\n"),
+    "population": ("out", r"epoch +2/2: train loss median \d+\.\d+; test accuracy .*\d+\.\d s\n"),
 }
 
 
@@ -67,10 +70,12 @@ def check_run(name, captured, output_dir=None):
     stream, pattern = PROGRESS[name]
     assert re.search(pattern, getattr(captured, stream)), f"no progress line in std{stream}"
     if name in WRITES:
-        path = output_dir / WRITES[name]
-        assert sorted(output_dir.iterdir()) == [path]
-        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-        assert f"saved {path.resolve()}\n" in captured.out
+        paths = sorted(output_dir / file for file in WRITES[name])
+        assert sorted(output_dir.iterdir()) == paths
+        for path in paths:
+            if path.suffix == ".png":
+                assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+            assert f"saved {path.resolve()}\n" in captured.out
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -126,11 +131,17 @@ def test_mlp_digits_smoke(capsys):
 
 
 def test_cnn_digits_smoke(output_dir, capsys):
+    import jnn
+
     result = load("cnn_digits").main(["--smoke", "--width", "8", "--output-dir", str(output_dir)])
     assert 0.0 <= result["test_accuracy"] <= 1.0
     captured = capsys.readouterr()
     assert "(target >= 0.98)" in captured.out
     check_run("cnn_digits", captured, output_dir)
+    records = jnn.read_json_lines(result["log"])  # one line per epoch, as fit saw it
+    assert [r["epoch"] for r in records] == [1, 2]
+    assert [r["step"] for r in records] == [4, 8]  # 256 images in batches of 64
+    assert jnn.history_from_json_lines(result["log"]) == result["history"]  # exact floats
 
 
 def test_function_approximation_smoke(output_dir, capsys):
@@ -185,6 +196,45 @@ def test_text_classifier_encode_pads_and_cuts():
     assert ids[0].tolist() == [2, 3] + [module.PAD] * (module.MAX_LENGTH - 2)
     assert ids[1].tolist() == [4] * module.MAX_LENGTH
     assert ids[2, :2].tolist() == [2, module.UNKNOWN]
+
+
+def test_population_smoke(output_dir, capsys):
+    result = load("population").main(["--smoke", "--plot", "--output-dir", str(output_dir)])
+    accuracy, rates = result["test_accuracy"], result["learning_rates"]
+    assert len(accuracy) == len(rates) == 4 and all(0.0 <= a <= 1.0 for a in accuracy)
+    assert rates == pytest.approx([1e-4, 1e-4, 1e-1, 1e-1])
+    assert result["best_learning_rate"] in rates
+    history = result["history"]
+    assert len(history["eval_accuracy"]) == 2  # epochs, each with one value per member
+    assert all(len(values) == 4 for values in history["eval_accuracy"] + history["loss"])
+    assert history["eval_accuracy"][-1] == accuracy
+    captured = capsys.readouterr()
+    assert "test accuracy of 4 MLPs: min" in captured.out and "best learning rate" in captured.out
+    check_run("population", captured, output_dir)
+
+
+def test_population_members_differ_in_key_and_learning_rate():
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    import optax
+
+    import jnn
+
+    module = load("population")
+    rates = module.learning_rates(1e-4, 1e-1, 4, 8)
+    assert rates.dtype == np.float32
+    np.testing.assert_allclose(rates, np.repeat([1e-4, 1e-3, 1e-2, 1e-1], 2), rtol=1e-6)
+    model = jnn.MLP([4, 3])
+    optimizer = optax.inject_hyperparams(optax.adam)(learning_rate=1e-3)
+    keys = jax.random.split(jax.random.key(0), 8)
+    population = module.init_population(model, optimizer, keys, rates, jnp.zeros((1, 5)))
+    assert isinstance(population, jnn.TrainState)
+    assert population.params["dense_0"]["weight"].shape == (8, 5, 4)
+    assert population.step.shape == (8,)
+    np.testing.assert_array_equal(population.opt_state.hyperparams["learning_rate"], rates)
+    weights = np.asarray(population.params["dense_0"]["weight"])
+    assert len({w.tobytes() for w in weights}) == 8  # every member starts elsewhere
 
 
 def test_char_transformer_smoke(capsys):
