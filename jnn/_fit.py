@@ -16,15 +16,8 @@ from jnn._batching import check_bool, check_pair, count_examples
 from jnn._callbacks import as_callbacks
 from jnn._checks import check_params_leaves, check_positive_int
 from jnn._early_stopping import EarlyStopping, check_early_stopping
-from jnn._fit_support import (
-    Resume,
-    choose_mode,
-    epoch_logs,
-    evaluate_state,
-    host_steps,
-    progress_bar,
-    raise_if_bad,
-)
+from jnn._epochs import EpochRunner
+from jnn._fit_support import Resume, choose_mode, epoch_logs, evaluate_state, progress_bar
 from jnn._loops import Programs, copy, empty_tally
 from jnn._module import Module, Params, State
 from jnn._step import pure_step
@@ -103,8 +96,9 @@ def fit(
 ) -> FitResult:
     """Train for ``epochs`` passes over ``train_data``, starting from ``train_state``.
 
-    Each epoch visits the data in the order of ``epoch_key(train_state.key, epoch)``
-    (or the stored order with ``shuffle=False``), one batch per step; each step gets
+    Each epoch visits the data in an order drawn by NumPy from the key data of
+    ``epoch_key(train_state.key, epoch)`` (the stored order with ``shuffle=False``),
+    one batch per step; each step gets
     ``step_key(train_state.key, step)`` for stochastic layers. Training metrics are
     averaged over the epoch's steps, and ``eval_data`` is evaluated after each epoch.
 
@@ -116,16 +110,20 @@ def fit(
     state) and takes the faster, with chunks of about a quarter second; it keeps host
     mode without timing device mode when a step takes over 20 ms (dispatch is then
     negligible), and stops timing device mode once it is clearly slower (convolution
-    gradients in a loop on CPU, below). ``1`` forces host mode. ``result.info`` says what was chosen and why. Both modes give bit-identical
-    results on CPU with XLA's default flags (an unrolled chunk agrees to rounding: XLA
-    may fuse its straight-line steps differently).
+    gradients in a loop on CPU, below). ``1`` forces host mode. ``result.info`` says
+    what was chosen and why. Both modes give bit-identical results on CPU with XLA's
+    default flags (an unrolled chunk agrees to rounding: XLA may fuse its straight-line
+    steps differently).
 
-    **Non-finite values.** A step whose loss or gradients are NaN or inf changes
-    nothing. With ``on_nonfinite="raise"`` (the default) ``fit`` then stops with a
+    **Non-finite values.** Each step checks on the device whether its inputs, loss and
+    gradients are finite; the host looks once per chunk (host mode: every 64 steps).
+    With ``on_nonfinite="raise"`` (the default) ``fit`` then stops with a
     ``jnn.NonFiniteError`` naming the epoch, the step and whether the inputs, the loss
     or the gradients went non-finite first; ``error.train_state`` is the last finite
-    state. With ``"skip"`` training goes on, and ``history["skipped"]`` counts them.
-    The check runs on the device; the host looks once per chunk.
+    state, recovered by running the steps before the bad one again from a copy taken
+    at the chunk's start (so this costs the memory of one more train state, and no
+    time per step). With ``"skip"`` such steps leave the state as it was (a select per
+    parameter, every step), training goes on, and ``history["skipped"]`` counts them.
 
     Args:
       model: The model.
@@ -215,10 +213,7 @@ def fit(
         core, programs = _programs(*setup)
     except TypeError:  # an unhashable hyperparameter somewhere: build them afresh
         core, programs = _programs.__wrapped__(*setup)
-    first = np.arange(min(batch_size, n))
-    first = np.tile(first, (members, 1)) if population else first
-    sample = programs.host_batch(host_data, first, 0, first.shape[-1])
-    log_names = _log_names(core, ts, sample, population)
+    log_names = sorted(["loss", *metrics])  # the step's logs, in the order it stacks them
     tally0 = empty_tally(log_names)
     if population:
         tally0 = jax.tree.map(lambda a: jnp.broadcast_to(a, (members, *a.shape)), tally0)
@@ -234,7 +229,8 @@ def fit(
         programs, steps_per_call, ts, tally0, host_data, order, full, unroll
     )
     info.update(mode=mode, steps_per_call=chunk, seconds_per_step=timings, reason=reason)
-    device_data = jax.device_put(host_data) if mode == "device" else None
+    runner = EpochRunner(programs, mode, chunk, unroll, on_nonfinite)
+    runner.setup(host_data, n, full, tail, np.asarray(ts.step))
     steps_per_epoch = full + (tail > 0)
     bar = progress_bar(progress, (epochs - initial_epoch) * steps_per_epoch, info)
     for callback in callbacks:
@@ -246,35 +242,7 @@ def fit(
         for epoch in range(initial_epoch, epochs):
             if epoch > initial_epoch:
                 order = programs.orders(ts.key, epoch, n)
-            tally = copy(tally0)
-            if mode == "device":
-                start = 0
-                while start < full:
-                    count = min(chunk, full - start)
-                    ts, tally = programs.device_steps(
-                        ts, tally, device_data, order, start, count, unroll
-                    )
-                    start += count
-                    raise_if_bad(on_nonfinite, tally, ts, epoch, history)
-                    bar.update(count)
-            else:
-                ts, tally = host_steps(
-                    programs,
-                    ts,
-                    tally,
-                    host_data,
-                    np.asarray(order),
-                    full,
-                    on_nonfinite,
-                    epoch,
-                    history,
-                    bar,
-                )
-            if tail:
-                batch = programs.host_batch(host_data, np.asarray(order), full * batch_size, n)
-                ts, tally = programs.step(ts, tally, batch)
-                bar.update(1)
-            raise_if_bad(on_nonfinite, tally, ts, epoch, history)
+            ts, tally = runner.run(ts, copy(tally0), order, epoch, history, bar)
             logs = epoch_logs(tally, log_names, on_nonfinite)
             if eval_data is not None:
                 logs |= evaluate_state(model, ts, eval_data, loss_fn, metrics, population)
@@ -333,8 +301,3 @@ def _population_size(name: str, ts: TrainState) -> int:
 def _programs(model, loss_fn, optimizer, metrics, policy, batch_size, population, shuffle):
     core = pure_step("fit", model, loss_fn, optimizer, dict(metrics))
     return core, Programs(core, policy, batch_size, population, shuffle)
-
-
-def _log_names(core, ts, sample, population: bool) -> list[str]:
-    fn = (lambda s, b: core(s, b)[1]) if not population else jax.vmap(lambda s, b: core(s, b)[1])
-    return sorted(jax.eval_shape(fn, ts, sample))

@@ -10,13 +10,12 @@ from typing import Any
 import jax
 import numpy as np
 
-from jnn._loops import CAUSES, NonFiniteError, Programs, copy, measure
+from jnn._loops import copy, measure
 from jnn._train_state import TrainState
 from jnn._training import _build_eval_step, evaluate
 
 CHUNK_SECONDS = 0.25  # the time a compiled chunk aims for: the progress bar moves, and
 # a non-finite step is seen, at least this often, while Python's share stays negligible
-HOST_CHECK_EVERY = 64  # host mode: steps between looks at the non-finite flag
 
 
 def choose_mode(programs, steps_per_call, ts, tally, host_data, order, full, unroll):
@@ -39,7 +38,7 @@ def choose_mode(programs, steps_per_call, ts, tally, host_data, order, full, unr
         return "host", 1, None, f"the data ({size / 2**20:.0f} MiB) do not fit on the device"
     device_data = jax.device_put(host_data)
     timings = measure(programs, ts, tally, host_data, device_data, order, min(full, 16))
-    host, device = timings["host"], timings.get("device")
+    host, device = timings["host"], timings["device"]
     if device is None:
         return (
             "host",
@@ -62,34 +61,6 @@ def _free_device_bytes() -> int | None:
     if not stats or "bytes_limit" not in stats:
         return None
     return int(stats["bytes_limit"]) - int(stats.get("bytes_in_use", 0))
-
-
-def host_steps(programs: Programs, ts, tally, data, order, full, policy, epoch, history, bar):
-    """Host mode: one compiled call per step; the next batch is gathered and copied to the
-    device while the current step runs."""
-    bs = programs.batch_size
-    upcoming = jax.device_put(programs.host_batch(data, order, 0, bs)) if full else None
-    for i in range(full):
-        batch = upcoming
-        ts, tally = programs.step(ts, tally, batch)  # asynchronous: returns before it runs
-        if i + 1 < full:
-            upcoming = jax.device_put(programs.host_batch(data, order, (i + 1) * bs, (i + 2) * bs))
-        if policy == "raise" and (i + 1) % HOST_CHECK_EVERY == 0:
-            raise_if_bad(policy, tally, ts, epoch, history)
-        bar.update(1)
-    return ts, tally
-
-
-def raise_if_bad(policy: str, tally, ts: TrainState, epoch: int, history: dict) -> None:
-    """Raise ``NonFiniteError`` once the tally has seen a non-finite step (one transfer)."""
-    if policy != "raise":
-        return
-    first = np.asarray(tally.first_bad).reshape(-1)
-    if (first < 0).all():
-        return
-    member = int(np.argmax(first >= 0))
-    cause = CAUSES[int(np.asarray(tally.cause).reshape(-1)[member])]
-    raise NonFiniteError(epoch + 1, int(first[member]), cause, ts, history)
 
 
 def epoch_logs(tally, names: list[str], policy: str) -> dict[str, Any]:

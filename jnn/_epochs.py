@@ -1,0 +1,95 @@
+"""One epoch of ``fit``: its steps in segments (compiled chunks, or windows of host steps),
+with a look at the non-finite flag after each, and the replay that recovers the last
+finite state when there was one."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import numpy as np
+
+from jnn._loops import CAUSES, NonFiniteError, Programs, Tally, copy
+
+HOST_CHECK_EVERY = 64  # host mode: steps between looks at the non-finite flag
+
+
+class EpochRunner:
+    """Runs the epochs of one ``fit`` call in the chosen mode.
+
+    With ``on_nonfinite="raise"`` each segment starts from a copy of the state (one
+    elementwise copy per chunk or per ``HOST_CHECK_EVERY`` steps, and the memory of one
+    more train state). When the tally reports a non-finite step, the steps before it are
+    run again from that copy with the same programs and batches, which gives the exact
+    state before it, and ``NonFiniteError`` is raised with it.
+    """
+
+    def __init__(self, programs: Programs, mode: str, chunk: int, unroll: bool, policy: str):
+        self.programs, self.mode, self.chunk = programs, mode, chunk
+        self.unroll, self.policy = unroll, policy
+        # On an accelerator the next batch is copied while a step runs; on a CPU the
+        # device is the host, and an explicit copy costs more than it could hide.
+        self.prefetch = jax.devices()[0].platform != "cpu"
+
+    def setup(self, host_data: Any, n: int, full: int, tail: int, step: np.ndarray) -> None:
+        self.host_data, self.n, self.full, self.tail = host_data, n, full, tail
+        self.step = step  # TrainState.step, followed on the host: no waiting to read it
+        # flattened once: a generic tree map per batch costs more than the gather itself
+        self.leaves, self.treedef = jax.tree.flatten(host_data)
+        self.device_data = jax.device_put(host_data) if self.mode == "device" else None
+
+    def segments(self) -> list[tuple[int, int]]:
+        """``(first position, steps)`` of each segment; the short last batch is its own."""
+        size = self.chunk if self.mode == "device" else HOST_CHECK_EVERY
+        out = [(i, min(size, self.full - i)) for i in range(0, self.full, size)]
+        return out + ([(self.full, 1)] if self.tail else [])
+
+    def run(self, ts, tally, order, epoch: int, history: dict, bar: Any):
+        """The steps of one epoch: ``(train state, tally)``; the tally comes back as
+        NumPy arrays, read once per segment."""
+        tally = Tally(*(np.array(a) for a in jax.device_get(tuple(tally))))
+        host_order = order
+        if self.mode == "device":
+            order = jax.device_put(order)  # once per epoch, not per call
+        for start, count in self.segments():
+            snapshot = (copy(ts), tally, self.step) if self.policy == "raise" else None
+            ts, tally = self._segment(ts, tally, order, host_order, start, count, self.step)
+            self.step = self.step + count
+            if snapshot is not None:
+                self._check(snapshot, tally, order, host_order, start, epoch, history)
+            bar.update(count)
+        return ts, tally
+
+    def _segment(self, ts, tally, order, host_order, start: int, count: int, first_step):
+        if self.mode == "device" and start < self.full:
+            ts, tally = self.programs.device_steps(
+                ts, tally, self.device_data, order, start, count, self.unroll
+            )
+            return ts, Tally(*jax.device_get(tuple(tally)))
+        packed = []
+        upcoming = self._batch(host_order, start)
+        for i in range(start, start + count):
+            batch = upcoming
+            ts, logs = self.programs.step(ts, batch)  # returns before it has run
+            packed.append(logs)
+            if i + 1 < start + count:
+                upcoming = self._batch(host_order, i + 1)
+        return ts, self.programs.absorb(tally, first_step, packed)
+
+    def _batch(self, host_order, i: int):
+        bs = self.programs.batch_size
+        index = host_order[..., i * bs : min(i * bs + bs, self.n)]  # [K, B] for a population
+        batch = self.treedef.unflatten([leaf[index] for leaf in self.leaves])
+        return jax.device_put(batch) if self.prefetch else batch
+
+    def _check(self, snapshot, tally, order, host_order, start, epoch, history) -> None:
+        first = np.asarray(tally.first_bad).reshape(-1)  # waits for the segment
+        if (first < 0).all():
+            return
+        member = int(np.argmin(np.where(first >= 0, first, np.iinfo(np.int64).max)))
+        cause = CAUSES[int(np.asarray(tally.cause).reshape(-1)[member])]
+        good, good_tally, good_step = snapshot
+        before = int(first[member]) - int(np.asarray(good_step).reshape(-1)[member])
+        if before > 0:
+            good, _ = self._segment(good, good_tally, order, host_order, start, before, good_step)
+        raise NonFiniteError(epoch + 1, int(first[member]), cause, good, history)
