@@ -6,21 +6,23 @@ rotating order; the tables give medians over rounds, the min-max spread, and rat
 medians against the section's reference:
 
 * ``modes``: MLP 64-64-64-10 on the digits (batch 32): ``fit`` one step per call (host
-  mode) against a whole epoch per compiled call (device mode) and ``"auto"`` (compiling,
-  and with its programs compiled by an earlier call), with the hand loop for scale.
+  mode) against a whole epoch per compiled call (device mode), ``"auto"`` (the default:
+  device mode with adaptive chunks; also with its programs compiled by an earlier call)
+  and ``"measure"`` (times both modes first), with the hand loop.
 * ``hand``: logistic regression (one ``Dense(10)``) on the digits, many epochs of tiny
   steps: ``fit`` (host mode, and ``"auto"``) against the loop it replaces, a
   ``jnn.make_train_step`` called over a NumPy permutation's batches.
 * ``cnn``: Conv(8, 3x3) -> relu -> max pool -> Dense(10) on the digits as 8x8x1 images:
-  ``"auto"``, host mode, device mode looping (``lax.fori_loop``) and unrolled.
+  ``"auto"`` (host mode for a convolution on a CPU), ``"measure"``, host mode, device
+  mode looping (``lax.fori_loop``) and unrolled.
 * ``population``: 32 MLPs with different learning rates (``optax.inject_hyperparams``)
   trained as one ``fit(..., population=True)`` against 32 ``fit`` calls one after another
   (``--quick``: 4 members, 2 epochs).
 
 Step times exclude compilation: a callback stamps the end of every epoch, and the steady
 time per step is that of epochs 2..N. The time from calling ``fit`` to the end of its
-first epoch is reported as the first call (tracing, compilation, ``"auto"``'s timing of
-both modes, one epoch). ``fit`` keeps its compiled programs for later calls with the same
+first epoch is reported as the first call (tracing, compilation, ``"measure"``'s timing
+of both modes, one epoch). ``fit`` keeps its compiled programs for later calls with the same
 model, loss and optimizer object; every call here gets a new optimizer, so it compiles as
 a process's first ``fit`` does, except where a row says otherwise. Run from the
 repository root::
@@ -200,6 +202,7 @@ def section_modes(args) -> dict:
         "fit, steps_per_call=1 (host)": run(1),
         f"fit, steps_per_call={whole_epoch} (device)": run(whole_epoch),
         'fit, steps_per_call="auto"': run("auto"),
+        'fit, steps_per_call="measure"': run("measure"),
         'fit, "auto", compiled before': lambda: timed_fit(
             model, state(), (x, y), epochs=epochs, optimizer=again
         ),
@@ -210,8 +213,11 @@ def section_modes(args) -> dict:
         "title": f"MLP 64-64-64-10 on the digits, batch {BATCH}, {epochs} epochs "
         f"of {whole_epoch} steps",
         "reference": "fit, steps_per_call=1 (host)",
-        "target": "device mode at most 0.5x the seconds per step of host mode",
-        "met": rows[f"fit, steps_per_call={whole_epoch} (device)"]["step_ratio"] <= 0.5,
+        "target": "device mode at most 0.5x the seconds per step of host mode, and fit's "
+        "default at most 1.05x the hand loop's",
+        "met": rows[f"fit, steps_per_call={whole_epoch} (device)"]["step_ratio"] <= 0.5
+        and rows['fit, steps_per_call="auto"']["step_ratio"]
+        <= 1.05 * rows["hand loop (make_train_step)"]["step_ratio"],
         "rows": rows,
     }
 
@@ -235,8 +241,9 @@ def section_hand(args) -> dict:
         "title": f"Logistic regression (Dense(10)) on the digits, batch {BATCH}, {epochs} "
         f"epochs of {len(y) // BATCH} steps",
         "reference": "hand loop (make_train_step)",
-        "target": "fit in host mode at most 1.05x the hand loop",
-        "met": rows["fit, steps_per_call=1 (host)"]["step_ratio"] <= 1.05,
+        "target": "fit's default at most 1.05x the hand loop in total time, compilation "
+        "included (host mode's ratio is shown, not a target)",
+        "met": rows['fit, steps_per_call="auto"']["total_ratio"] <= 1.05,
         "rows": rows,
     }
 
@@ -256,6 +263,7 @@ def section_cnn(args) -> dict:
     variants = {
         "fit, steps_per_call=1 (host)": run(steps_per_call=1),
         'fit, steps_per_call="auto"': run(steps_per_call="auto"),
+        'fit, steps_per_call="measure"': run(steps_per_call="measure"),
         f"fit, steps_per_call={chunk} (device, loop)": run(steps_per_call=chunk),
         f"fit, steps_per_call={chunk}, unroll=True": run(steps_per_call=chunk, unroll=True),
     }

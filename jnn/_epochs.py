@@ -4,6 +4,7 @@ finite state when there was one."""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import jax
@@ -12,6 +13,9 @@ import numpy as np
 from jnn._loops import CAUSES, NonFiniteError, Programs, Tally, copy
 
 HOST_CHECK_EVERY = 64  # host mode: steps between looks at the non-finite flag
+CHUNK_SECONDS = 0.25  # what an adaptive device-mode chunk aims for: the progress bar
+# moves, and a non-finite step is seen, this often, while Python's share stays negligible
+FIRST_CHUNK = 8  # steps of the first adaptive chunks, until one has been timed
 
 
 class EpochRunner:
@@ -24,8 +28,9 @@ class EpochRunner:
     state before it, and ``NonFiniteError`` is raised with it.
     """
 
-    def __init__(self, programs: Programs, mode: str, chunk: int, unroll: bool, policy: str):
+    def __init__(self, programs: Programs, mode: str, chunk, unroll: bool, policy: str):
         self.programs, self.mode, self.chunk = programs, mode, chunk
+        self.seconds_per_step, self.calls, self.last_chunk = None, 0, chunk
         self.unroll, self.policy = unroll, policy
         # On an accelerator the next batch is copied while a step runs; on a CPU the
         # device is the host, and an explicit copy costs more than it could hide.
@@ -38,11 +43,26 @@ class EpochRunner:
         self.leaves, self.treedef = jax.tree.flatten(host_data)
         self.device_data = jax.device_put(host_data) if self.mode == "device" else None
 
-    def segments(self) -> list[tuple[int, int]]:
-        """``(first position, steps)`` of each segment; the short last batch is its own."""
-        size = self.chunk if self.mode == "device" else HOST_CHECK_EVERY
-        out = [(i, min(size, self.full - i)) for i in range(0, self.full, size)]
-        return out + ([(self.full, 1)] if self.tail else [])
+    def segments(self):
+        """``(first position, steps)`` of each segment, the short last batch its own; an
+        adaptive chunk (``chunk=None``) is sized from the time the previous one took."""
+        start = 0
+        while start < self.full:
+            if self.mode == "host":
+                size = HOST_CHECK_EVERY
+            else:
+                size = self.chunk if self.chunk is not None else self._adaptive()
+            count = min(size, self.full - start)
+            yield start, count
+            start += count
+        if self.tail:
+            yield self.full, 1
+
+    def _adaptive(self) -> int:
+        if self.seconds_per_step is None:
+            return FIRST_CHUNK
+        steps = round(CHUNK_SECONDS / max(self.seconds_per_step, 1e-9))
+        return int(min(self.full, max(1, steps)))
 
     def run(self, ts, tally, order, epoch: int, history: dict, bar: Any):
         """The steps of one epoch: ``(train state, tally)``; the tally comes back as
@@ -53,7 +73,13 @@ class EpochRunner:
             order = jax.device_put(order)  # once per epoch, not per call
         for start, count in self.segments():
             snapshot = (copy(ts), tally, self.step) if self.policy == "raise" else None
+            begin = time.perf_counter()
             ts, tally = self._segment(ts, tally, order, host_order, start, count, self.step)
+            if self.mode == "device" and start < self.full:  # the segment's tally was read
+                if self.calls:  # the first call also compiled
+                    self.seconds_per_step = (time.perf_counter() - begin) / count
+                self.calls += 1
+                self.last_chunk = count
             self.step = self.step + count
             if snapshot is not None:
                 self._check(snapshot, tally, order, host_order, start, epoch, history)

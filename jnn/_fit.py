@@ -106,14 +106,16 @@ def fit(
     once and ``steps_per_call`` steps run as one XLA program, batches gathered on the
     device: a small model pays no per-step Python. In host mode each step is one call,
     and the next batch is gathered while the current step runs, for data too large for
-    the device. ``steps_per_call="auto"`` times a few steps of both (on copies of the
-    state) and takes the faster, with chunks of about a quarter second; it keeps host
-    mode without timing device mode when a step takes over 20 ms (dispatch is then
-    negligible), and stops timing device mode once it is clearly slower (convolution
-    gradients in a loop on CPU, below). ``1`` forces host mode. ``result.info`` says
-    what was chosen and why. Both modes give bit-identical results on CPU with XLA's
-    default flags (an unrolled chunk agrees to rounding: XLA may fuse its straight-line
-    steps differently).
+    the device. ``steps_per_call="auto"`` (the default) takes device mode, with chunks
+    sized from their own timing to about a quarter second, except on a CPU for a model
+    that convolves: XLA runs convolution gradients inside a compiled loop far more slowly
+    than alone (jax-ml/jax#12868), so host mode. It decides from the step's lowered
+    program, without timing anything. ``"measure"`` instead compiles and times both
+    modes on copies of the state and takes the faster (a second or so on a small model).
+    ``1`` forces host mode, a larger int device mode with that many steps per call.
+    ``result.info`` says what was chosen and why. Both modes give bit-identical results
+    on CPU with XLA's default flags (an unrolled chunk agrees to rounding: XLA may fuse
+    its straight-line steps differently).
 
     **Non-finite values.** Each step checks on the device whether its inputs, loss and
     gradients are finite; the host looks once per chunk (host mode: every 64 steps).
@@ -140,7 +142,8 @@ def fit(
       metrics: Functions ``metric(outputs, targets)`` reported by name.
       shuffle: Visit the data in a new random order every epoch.
       drop_last: Skip each epoch's last incomplete batch (one compiled shape).
-      steps_per_call: ``"auto"``, or the steps per compiled call (1: host mode).
+      steps_per_call: ``"auto"``, ``"measure"``, or the steps per compiled call (1:
+        host mode).
       unroll: In device mode, unroll the steps of a call instead of looping. XLA on CPU
         runs convolution gradients inside a loop body slowly (jax-ml/jax#12868);
         unrolling avoids that at a compile time that grows with ``steps_per_call``.
@@ -186,7 +189,12 @@ def fit(
         check_bool(name, what, value)
     for what, value in (("resume", resume), ("population", population), ("progress", progress)):
         check_bool(name, what, value)
-    if steps_per_call != "auto":
+    if steps_per_call not in ("auto", "measure"):
+        if isinstance(steps_per_call, str):
+            raise ValueError(
+                f"{name}: steps_per_call must be 'auto', 'measure' or a positive int, got "
+                f"{steps_per_call!r}."
+            )
         check_positive_int(name, "steps_per_call", steps_per_call)
     if on_nonfinite not in ("raise", "skip"):
         raise ValueError(f"{name}: on_nonfinite must be 'raise' or 'skip', got {on_nonfinite!r}.")
@@ -258,6 +266,8 @@ def fit(
     finally:
         bar.close()
     info.update(stopped_early=stop, best_epoch=resumed.best_epoch)
+    if info["steps_per_call"] is None:  # adaptive chunks: the size they settled on
+        info["steps_per_call"] = runner.last_chunk
     ts = resumed.finish(ts)
     for callback in callbacks:
         callback.on_train_end(history)

@@ -19,13 +19,14 @@ CHUNK_SECONDS = 0.25  # the time a compiled chunk aims for: the progress bar mov
 
 
 def choose_mode(programs, steps_per_call, ts, tally, host_data, order, full, unroll):
-    """``(mode, steps_per_call, seconds_per_step, reason)`` for this run."""
-    if unroll and steps_per_call == "auto":
+    """``(mode, steps_per_call, seconds_per_step, reason)`` for this run; ``None`` steps
+    per call: device mode sizes its chunks from the time they take."""
+    if unroll and steps_per_call in ("auto", "measure"):
         raise ValueError(
             "fit: unroll=True needs steps_per_call set (an int > 1): an unrolled call's "
             "compile time grows with its steps."
         )
-    if steps_per_call != "auto":
+    if steps_per_call not in ("auto", "measure"):
         steps_per_call = int(steps_per_call)
         if steps_per_call == 1 or full == 0:
             return "host", 1, None, "steps_per_call=1"
@@ -36,6 +37,8 @@ def choose_mode(programs, steps_per_call, ts, tally, host_data, order, full, unr
     free = _free_device_bytes()
     if free is not None and size > free // 2:
         return "host", 1, None, f"the data ({size / 2**20:.0f} MiB) do not fit on the device"
+    if steps_per_call == "auto":
+        return _rule(programs, ts, host_data, order)
     device_data = jax.device_put(host_data)
     timings = measure(programs, ts, tally, host_data, device_data, order, min(full, 16))
     host, device = timings["host"], timings["device"]
@@ -51,6 +54,24 @@ def choose_mode(programs, steps_per_call, ts, tally, host_data, order, full, unr
         chunk = int(min(full, max(2, round(CHUNK_SECONDS / max(device, 1e-9)))))
         return "device", chunk, timings, f"measured {ratio}"
     return "host", 1, timings, f"measured {ratio}"
+
+
+def _rule(programs, ts, host_data, order):
+    """``"auto"``: device mode, except for convolutions on a CPU (one lowering, no timing)."""
+    if jax.devices()[0].platform == "cpu":
+        bs = programs.batch_size
+        batch = programs.host_batch(host_data, order, 0, bs)
+        if programs.has_convolution(ts, batch):
+            return (
+                "host",
+                1,
+                None,
+                (
+                    "a convolution on a CPU: XLA runs its gradient slowly inside a compiled "
+                    "loop (jax-ml/jax#12868)"
+                ),
+            )
+    return "device", None, None, "device mode is the default; chunks sized to about 0.25 s"
 
 
 def _free_device_bytes() -> int | None:
@@ -114,12 +135,13 @@ class _Bar:
         from tqdm.auto import tqdm
 
         self.bar = tqdm(total=total, unit="step", dynamic_ncols=True)
-        mode = info["mode"]
-        calls = (
-            "one step per call"
-            if info["steps_per_call"] == 1
-            else (f"{info['steps_per_call']} steps per call")
-        )
+        mode, per_call = info["mode"], info["steps_per_call"]
+        if per_call is None:
+            calls = "chunks of about 0.25 s"
+        elif per_call == 1:
+            calls = "one step per call"
+        else:
+            calls = f"{per_call} steps per call"
         self.bar.write(f"fit: {mode} mode, {calls} ({info['reason']})")
 
     def update(self, n: int) -> None:

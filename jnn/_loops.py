@@ -214,6 +214,7 @@ class Programs:
             return carry
 
         flagged_step = flagged(core, policy)
+        self.core = core
 
         def host_step(ts, batch):  # one array out beside the state: each output costs
             out, values, code = flagged_step(ts, batch)  # dispatch time on a small model
@@ -256,6 +257,15 @@ class Programs:
         packed = jax.device_get(_stack(packed))  # [k, (K,) logs + 1]: values, then the code
         values, codes = packed[..., :-1], packed[..., -1].astype(np.int32)
         return fold_window(tally, np.asarray(first_step), values, codes, self.policy)
+
+    def has_convolution(self, ts: TrainState, batch: Any) -> bool:
+        """Whether a step convolves, read from its lowered program (traced, not compiled)."""
+        fn = (
+            (lambda s, b: self.core(s, b)[:2])
+            if not self.population
+            else (jax.vmap(lambda s, b: self.core(s, b)[:2]))
+        )
+        return "convolution" in jax.jit(fn).lower(ts, batch).as_text()
 
     def host_batch(self, data: Any, order: np.ndarray, start: int, stop: int) -> Any:
         """The batch of positions ``[start, stop)`` of the epoch, gathered on the host."""

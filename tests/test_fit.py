@@ -117,21 +117,35 @@ def test_modes_agree_and_auto_says_what_it_chose(data):
     model = jnn.Sequential([jnn.Dense(8), jnn.relu, jnn.Dropout(0.2), jnn.Dense(2)])
     _, optimizer, state = mlp_state(x, model=model)
     runs = {}
-    for setting, unroll in ((1, False), (3, False), ("auto", False), (2, True)):
+    for setting, unroll in ((1, False), (3, False), ("auto", False), ("measure", False), (2, True)):
         runs[setting] = jnn.fit(
             model, state, LOSS, optimizer, (x, y), epochs=3, batch_size=16,
             steps_per_call=setting, unroll=unroll, progress=False, drop_last=False,
         )  # fmt: skip
     assert runs[1].info["mode"] == "host" and runs[3].info["mode"] == "device"
     auto = runs["auto"].info
-    assert auto["mode"] in ("host", "device") and auto["reason"].startswith("measured")
-    assert set(auto["seconds_per_step"]) == {"host", "device"}
+    assert auto["mode"] == "device" and auto["reason"].startswith("device mode is the default")
+    assert isinstance(auto["steps_per_call"], int) and auto["seconds_per_step"] is None
+    measured = runs["measure"].info
+    assert measured["mode"] in ("host", "device") and measured["reason"].startswith("measured")
+    assert set(measured["seconds_per_step"]) == {"host", "device"}
     # bit-identical under XLA's default flags (checked in a subprocess below); the
     # tests' fast-compile flags allow last-bit differences between the two programs
-    for setting in (3, "auto", 2):
+    for setting in (3, "auto", "measure", 2):
         chex.assert_trees_all_close(runs[setting].params, runs[1].params, rtol=1e-5, atol=1e-6)
     assert int(runs[1].train_state.step) == 3 * 4  # 64 examples: 4 batches, the last short
     assert not state.params["dense_0"]["weight"].is_deleted()
+
+
+def test_auto_keeps_convolutions_on_a_cpu_out_of_compiled_loops():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((40, 6, 6, 1)).astype(np.float32)
+    y = (x.mean((1, 2, 3)) > 0).astype(np.int32)
+    model = jnn.Sequential([jnn.Conv(2, (3, 3)), jnn.relu, jnn.Flatten(), jnn.Dense(2)])
+    _, optimizer, state = mlp_state(x, model=model)
+    result = jnn.fit(model, state, LOSS, optimizer, (x, y), batch_size=8, progress=False)
+    assert result.info["mode"] == "host"
+    assert "convolution" in result.info["reason"] and "12868" in result.info["reason"]
 
 
 BIT_IDENTICAL = """
@@ -360,6 +374,7 @@ def test_population_needs_a_leading_member_axis(data):
         ({"on_nonfinite": "ignore"}, ValueError, r"^fit: on_nonfinite must be 'raise' or 'skip'"),
         ({"steps_per_call": 0}, ValueError, r"^fit: steps_per_call must be a positive int"),
         ({"unroll": True}, ValueError, r"^fit: unroll=True needs steps_per_call set"),
+        ({"steps_per_call": "fast"}, ValueError, r"^fit: steps_per_call must be 'auto', 'measure'"),
         ({"key": jax.random.key(0)}, TypeError, r"^fit: key= goes with plain params"),
         ({"checkpoints": 3}, TypeError, r"^fit: expected checkpoints to be a directory"),
     ],
