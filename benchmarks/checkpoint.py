@@ -164,7 +164,7 @@ def main(argv=None) -> dict:
     like = jax.eval_shape(lambda: state)
     root = Path(tempfile.mkdtemp(prefix="jnn-checkpoint-bench-", dir=args.dir))
     runners = {"jnn (safetensors)": jnn_runner(state, like, root)}
-    if importlib.util.find_spec("orbax.checkpoint") is not None:
+    if importlib.util.find_spec("orbax") and importlib.util.find_spec("orbax.checkpoint"):
         runners["orbax-checkpoint"] = orbax_runner(state, root)
     names = list(runners)
     saves = {name: [] for name in names}
