@@ -64,6 +64,15 @@ from jnn._regression_losses import huber, mean_absolute_error, mean_squared_erro
 from jnn._reshape import Flatten, Reshape
 from jnn._rnn import RNN
 from jnn._scope import Scope
+from jnn._sharding import (
+    batch_sharding,
+    fully_sharded,
+    fully_sharded_specs,
+    make_mesh,
+    named_shardings,
+    partition_specs,
+    shard,
+)
 from jnn._step import make_train_step
 from jnn._summary import LayerSummary, Summary, summary
 from jnn._train_state import TrainState, epoch_key, init_train_state, step_key
@@ -198,6 +207,14 @@ __all__ = [
     "checkpoint_metadata",
     "CheckpointManager",
     "CheckpointError",
+    # sharding
+    "make_mesh",
+    "partition_specs",
+    "named_shardings",
+    "shard",
+    "fully_sharded_specs",
+    "fully_sharded",
+    "batch_sharding",
     # seeing the model
     "summary",
     "Summary",
