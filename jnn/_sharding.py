@@ -304,7 +304,7 @@ def _fsdp_spec(leaf: Any, axis: str, size: int, min_size: int) -> PartitionSpec:
     return PartitionSpec(*([None] * dim), axis)
 
 
-def fully_sharded_specs(tree: Any, mesh: Mesh, axis: str = "data", *, min_size: int = 1024):
+def fully_sharded_specs(tree: Any, mesh: Mesh, axis: str = "data", *, min_size: int = 1024) -> Any:
     """The specs of ``fully_sharded``: each leaf's largest divisible axis split over ``axis``.
 
     Args:
