@@ -65,9 +65,8 @@ class EpochRunner:
         return int(min(self.full, max(1, steps)))
 
     def run(self, ts, tally, order, epoch: int, history: dict, bar: Any):
-        """The steps of one epoch: ``(train state, tally)``; the tally comes back as
-        NumPy arrays, read once per segment."""
-        tally = Tally(*(np.array(a) for a in jax.device_get(tuple(tally))))
+        """The steps of one epoch from an empty host tally: ``(train state, tally)``; the
+        tally stays in NumPy arrays, read back once per segment."""
         host_order = order
         if self.mode == "device":
             order = jax.device_put(order)  # once per epoch, not per call

@@ -8,7 +8,6 @@ import functools
 from typing import Any, NamedTuple
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 
@@ -17,7 +16,7 @@ from jnn._callbacks import as_callbacks
 from jnn._checks import check_params_leaves, check_positive_int
 from jnn._early_stopping import EarlyStopping, check_early_stopping
 from jnn._epochs import EpochRunner
-from jnn._fit_support import Resume, choose_mode, epoch_logs, evaluate_state, progress_bar
+from jnn._fit_support import ProgressBar, Resume, choose_mode, epoch_logs, evaluate_state
 from jnn._loops import Programs, copy, empty_tally
 from jnn._module import Module, Params, State
 from jnn._step import pure_step
@@ -25,12 +24,13 @@ from jnn._train_checks import (
     Batch,
     LossFn,
     MetricFns,
+    as_typed_key,
     check_loss_fn,
     check_metrics,
     check_model,
     check_optimizer,
 )
-from jnn._train_state import TrainState, as_typed_key
+from jnn._train_state import TrainState
 
 __all__ = ["fit", "FitResult"]
 
@@ -222,9 +222,7 @@ def fit(
     except TypeError:  # an unhashable hyperparameter somewhere: build them afresh
         core, programs = _programs.__wrapped__(*setup)
     log_names = sorted(["loss", *metrics])  # the step's logs, in the order it stacks them
-    tally0 = empty_tally(log_names)
-    if population:
-        tally0 = jax.tree.map(lambda a: jnp.broadcast_to(a, (members, *a.shape)), tally0)
+    tally0 = empty_tally(log_names, members)
 
     resumed = Resume.start(name, checkpoints, resume, ts, early_stopping, batch_size, n)
     ts, history, initial_epoch = resumed.train_state, resumed.history, resumed.epoch
@@ -240,7 +238,7 @@ def fit(
     runner = EpochRunner(programs, mode, chunk, unroll, on_nonfinite)
     runner.setup(host_data, n, full, tail, np.asarray(ts.step))
     steps_per_epoch = full + (tail > 0)
-    bar = progress_bar(progress, (epochs - initial_epoch) * steps_per_epoch, info)
+    bar = ProgressBar(progress, (epochs - initial_epoch) * steps_per_epoch, info)
     for callback in callbacks:
         callback.on_train_begin(
             dict(info, epochs=epochs, steps_per_epoch=steps_per_epoch, population=members)
@@ -250,7 +248,7 @@ def fit(
         for epoch in range(initial_epoch, epochs):
             if epoch > initial_epoch:
                 order = programs.orders(ts.key, epoch, n)
-            ts, tally = runner.run(ts, copy(tally0), order, epoch, history, bar)
+            ts, tally = runner.run(ts, tally0, order, epoch, history, bar)
             logs = epoch_logs(tally, log_names, on_nonfinite)
             if eval_data is not None:
                 logs |= evaluate_state(model, ts, eval_data, loss_fn, metrics, population)

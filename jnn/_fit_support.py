@@ -10,12 +10,10 @@ from typing import Any
 import jax
 import numpy as np
 
+from jnn._epochs import CHUNK_SECONDS
 from jnn._loops import copy, measure
 from jnn._train_state import TrainState
 from jnn._training import _build_eval_step, evaluate
-
-CHUNK_SECONDS = 0.25  # the time a compiled chunk aims for: the progress bar moves, and
-# a non-finite step is seen, at least this often, while Python's share stays negligible
 
 
 def choose_mode(programs, steps_per_call, ts, tally, host_data, order, full, unroll):
@@ -125,7 +123,7 @@ def _population_eval(eval_step, stateful: bool):
     return jax.jit(jax.vmap(eval_step, in_axes=(0, None, 0 if stateful else None)))
 
 
-class _Bar:
+class ProgressBar:
     """A tqdm bar over steps, or nothing."""
 
     def __init__(self, enabled: bool, total: int, info: dict):
@@ -158,10 +156,6 @@ class _Bar:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
-
-
-def progress_bar(enabled: bool, total: int, info: dict) -> _Bar:
-    return _Bar(enabled, total, info)
 
 
 class Resume:

@@ -89,8 +89,11 @@ class Tally(NamedTuple):
         return self.counts[..., 3]
 
 
-def empty_tally(log_names: list[str]) -> Tally:
-    return Tally(jnp.zeros(len(log_names), jnp.float32), jnp.array([0, 0, -1, 0], jnp.int32))
+def empty_tally(log_names: list[str], members: int | None = None) -> Tally:
+    """A host (NumPy) tally with nothing counted; ``[K, ...]`` for a population."""
+    lead = () if members is None else (members,)
+    counts = np.broadcast_to(np.array([0, 0, -1, 0], np.int32), (*lead, 4))
+    return Tally(np.zeros((*lead, len(log_names)), np.float32), counts.copy())
 
 
 def flagged(core: Callable, policy: str) -> Callable:
@@ -198,17 +201,17 @@ class Programs:
         step = guarded(core, policy)
         self.batch_size = batch_size
 
-        def run(ts, tally, data, order, start, n):
-            def body(i, carry):
-                index = jax.lax.dynamic_slice_in_dim(order, (start + i) * batch_size, batch_size)
-                return step(*carry, gather(data, index))
+        def position(data, order, start, i, carry):  # the step at position start + i
+            index = jax.lax.dynamic_slice_in_dim(order, (start + i) * batch_size, batch_size)
+            return step(*carry, gather(data, index))
 
+        def run(ts, tally, data, order, start, n):
+            body = functools.partial(position, data, order, start)
             return jax.lax.fori_loop(0, n, body, (ts, tally))
 
         def run_unrolled(ts, tally, data, order, start, n):
             def body(carry, i):
-                index = jax.lax.dynamic_slice_in_dim(order, (start + i) * batch_size, batch_size)
-                return step(*carry, gather(data, index)), None
+                return position(data, order, start, i, carry), None
 
             carry, _ = jax.lax.scan(body, (ts, tally), jnp.arange(n), unroll=True)
             return carry

@@ -47,6 +47,29 @@ def all_finite(tree: Any) -> jax.Array:
     return jnp.all(jnp.stack(flags)) if flags else jnp.asarray(True)
 
 
+def _update(name, model, loss_fn, optimizer, metrics, params, opt_state, batch, state, key):
+    """Forward pass, loss, gradients and optimizer update: the arithmetic both step forms
+    share. ``state`` is the model state, or ``None`` for a stateless model.
+
+    Returns ``(params, opt_state, state, logs, finite)``.
+    """
+    inputs, targets = split_batch(batch)
+
+    def objective(p):
+        if state is None:
+            outputs, new_state = model.apply(p, *inputs, key=key, is_training=True), None
+        else:
+            outputs, new_state = model.apply(p, *inputs, state=state, key=key, is_training=True)
+        return check_loss_value(name, loss_fn(outputs, targets)), (outputs, new_state)
+
+    (loss, (outputs, state)), grads = jax.value_and_grad(objective, has_aux=True)(params)
+    updates, opt_state = optimizer.update(grads, opt_state, params)
+    params = optax.apply_updates(params, updates)
+    logs = {"loss": loss, **metric_logs(name, metrics.items(), outputs, targets)}
+    finite = Finite(all_finite(inputs), jnp.isfinite(loss), all_finite(grads))
+    return params, opt_state, state, logs, finite
+
+
 def pure_step(
     name: str, model: Module, loss_fn: LossFn, optimizer: Any, metrics: dict
 ) -> Callable[[TrainState, Any], tuple[TrainState, dict, Finite]]:
@@ -58,30 +81,13 @@ def pure_step(
     """
 
     def step(ts: TrainState, batch: Any) -> tuple[TrainState, dict, Finite]:
-        inputs, targets = split_batch(batch)
-        key = step_key(ts.key, ts.step)
         stateful = bool(jax.tree.leaves(ts.model_state))
-
-        def objective(params):
-            if stateful:
-                outputs, model_state = model.apply(
-                    params, *inputs, state=ts.model_state, key=key, is_training=True
-                )
-            else:
-                outputs = model.apply(params, *inputs, key=key, is_training=True)
-                model_state = ts.model_state
-            loss = check_loss_value(name, loss_fn(outputs, targets))
-            return loss, (outputs, model_state)
-
-        (loss, (outputs, model_state)), grads = jax.value_and_grad(objective, has_aux=True)(
-            ts.params
-        )
-        updates, opt_state = optimizer.update(grads, ts.opt_state, ts.params)
-        params = optax.apply_updates(ts.params, updates)
-        logs = {"loss": loss, **metric_logs(name, metrics.items(), outputs, targets)}
-        finite = Finite(all_finite(inputs), jnp.isfinite(loss), all_finite(grads))
-        new = TrainState(params, opt_state, model_state, ts.step + 1, ts.key)
-        return new, logs, finite
+        params, opt_state, model_state, logs, finite = _update(
+            name, model, loss_fn, optimizer, metrics, ts.params, ts.opt_state, batch,
+            ts.model_state if stateful else None, step_key(ts.key, ts.step),
+        )  # fmt: skip
+        model_state = model_state if stateful else ts.model_state
+        return TrainState(params, opt_state, model_state, ts.step + 1, ts.key), logs, finite
 
     return step
 
@@ -200,19 +206,9 @@ def _legacy_step(name: str, model: Module, loss_fn: LossFn, optimizer: Any, metr
     """``step(params, opt_state, batch, key=None, state=None)``: the form before TrainState."""
 
     def step(params, opt_state, batch, key=None, state=None):
-        inputs, targets = split_batch(batch)
-
-        def objective(p):
-            if state is None:
-                outputs = model.apply(p, *inputs, key=key, is_training=True)
-                return check_loss_value(name, loss_fn(outputs, targets)), (outputs, None)
-            outputs, new_state = model.apply(p, *inputs, state=state, key=key, is_training=True)
-            return check_loss_value(name, loss_fn(outputs, targets)), (outputs, new_state)
-
-        (loss, (outputs, new_state)), grads = jax.value_and_grad(objective, has_aux=True)(params)
-        updates, opt_state = optimizer.update(grads, opt_state, params)
-        params = optax.apply_updates(params, updates)
-        logs = {"loss": loss, **metric_logs(name, metrics.items(), outputs, targets)}
+        params, opt_state, new_state, logs, _ = _update(
+            name, model, loss_fn, optimizer, metrics, params, opt_state, batch, state, key
+        )
         if state is None:
             return params, opt_state, logs
         return params, opt_state, new_state, logs

@@ -144,12 +144,13 @@ def check_loss_value(name: str, loss: Any) -> Any:
     return loss
 
 
-def check_key(name: str, key: Any) -> None:
+def as_typed_key(name: str, key: Any) -> jax.Array:
+    """``key`` as a typed key array; a legacy ``uint32[2]`` key is wrapped."""
     dtype = getattr(key, "dtype", None)
     if dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
-        return
+        return key
     if dtype == jnp.uint32 and getattr(key, "shape", None) == (2,):
-        return  # a legacy jax.random.PRNGKey
+        return jax.random.wrap_key_data(key)
     raise TypeError(
         f"{name}: expected key to be a PRNG key such as jax.random.key(0), got "
         f"{type(key).__name__}" + (f" of dtype {dtype}" if dtype is not None else "") + "."

@@ -16,6 +16,7 @@ import optax
 
 from jnn._checks import check_params_leaves
 from jnn._module import Module, Params, State
+from jnn._train_checks import as_typed_key, check_model, check_optimizer
 
 __all__ = ["TrainState", "init_train_state", "step_key", "epoch_key"]
 
@@ -84,8 +85,6 @@ class TrainState(NamedTuple):
           >>> int(state.step), state.model_state
           (0, {})
         """
-        from jnn._train_checks import check_optimizer
-
         name = "TrainState.create"
         check_params_leaves(name, params)
         check_optimizer(name, optimizer)
@@ -98,19 +97,6 @@ class TrainState(NamedTuple):
             step=jnp.asarray(step, jnp.int32),
             key=key,
         )
-
-
-def as_typed_key(name: str, key: Any) -> jax.Array:
-    """``key`` as a typed key array; a legacy ``uint32[2]`` key is wrapped."""
-    dtype = getattr(key, "dtype", None)
-    if dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
-        return key
-    if dtype == jnp.uint32 and getattr(key, "shape", None) == (2,):
-        return jax.random.wrap_key_data(key)
-    raise TypeError(
-        f"{name}: expected key to be a PRNG key such as jax.random.key(0), got "
-        f"{type(key).__name__}" + (f" of dtype {dtype}" if dtype is not None else "") + "."
-    )
 
 
 def init_train_state(
@@ -143,8 +129,6 @@ def init_train_state(
       >>> jax.tree.map(jnp.shape, state.params)["dense_0"]
       {'bias': (8,), 'weight': (3, 8)}
     """
-    from jnn._train_checks import check_model
-
     name = "init_train_state"
     check_model(name, model)
     key = as_typed_key(name, key)

@@ -66,6 +66,15 @@ def x_small(rng):
 TRANSFORMS = [pytest.param(lambda f: f, id="eager"), pytest.param(jax.jit, id="jit")]
 
 
+@pytest.fixture(scope="module")
+def two_class_data():
+    """64 examples of 4 features, labelled by the sign of the first two's sum (fit tests)."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((64, 4)).astype(np.float32)
+    y = (x[:, 0] + x[:, 1] > 0).astype(np.int32)
+    return x, y
+
+
 def check_gradients(f, args, order=1):
     """``jax.test_util.check_grads`` in forward and reverse mode, with the tolerances that
     float32 finite differences at ``eps=1e-3`` support (about 1e-2)."""

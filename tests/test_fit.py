@@ -20,14 +20,6 @@ import jnn
 LOSS = jnn.softmax_cross_entropy_with_integer_labels
 
 
-@pytest.fixture(scope="module")
-def data():
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal((64, 4)).astype(np.float32)
-    y = (x[:, 0] + x[:, 1] > 0).astype(np.int32)
-    return x, y
-
-
 def mlp_state(x, optimizer=None, seed=0, model=None):
     model = model or jnn.MLP([8, 2])
     optimizer = optimizer or optax.adam(1e-2)
@@ -41,8 +33,8 @@ def same(a, b) -> bool:
 # ------------------------------------------------------------------------ the train state
 
 
-def test_train_state_step_matches_a_hand_written_update(data):
-    x, y = data
+def test_train_state_step_matches_a_hand_written_update(two_class_data):
+    x, y = two_class_data
     model, optimizer, state = mlp_state(x)
     params, opt_state = state.params, state.opt_state
     grads = jax.grad(lambda p: LOSS(model.apply(p, x), y))(params)
@@ -56,8 +48,8 @@ def test_train_state_step_matches_a_hand_written_update(data):
     assert jnp.array_equal(jax.random.key_data(new.key), jax.random.key_data(state.key))
 
 
-def test_one_step_form_for_stateful_models(data):
-    x, y = data
+def test_one_step_form_for_stateful_models(two_class_data):
+    x, y = two_class_data
     model = jnn.Sequential([jnn.Dense(8), jnn.BatchNorm(momentum=0.5), jnn.relu, jnn.Dense(2)])
     optimizer = optax.sgd(0.1)
     state = jnn.init_train_state(model, optimizer, jax.random.key(0), x)
@@ -72,8 +64,8 @@ def test_one_step_form_for_stateful_models(data):
     assert int(state.step) == 1 and np.isfinite(logs["loss"])
 
 
-def test_train_state_is_one_pytree_for_jit_vmap_and_scan(data):
-    x, y = data
+def test_train_state_is_one_pytree_for_jit_vmap_and_scan(two_class_data):
+    x, y = two_class_data
     model, optimizer = jnn.MLP([8, 2]), optax.sgd(0.1)
     keys = jax.random.split(jax.random.key(0), 3)
     population = jax.vmap(lambda k: jnn.init_train_state(model, optimizer, k, x))(keys)
@@ -91,8 +83,8 @@ def test_train_state_is_one_pytree_for_jit_vmap_and_scan(data):
     assert int(final.step) == 4 and losses["loss"].shape == (4,)
 
 
-def test_train_state_create_checks_its_arguments(data):
-    x, _ = data
+def test_train_state_create_checks_its_arguments(two_class_data):
+    x, _ = two_class_data
     params = jnn.Dense(2).init(jax.random.key(0), x)
     with pytest.raises(TypeError, match=r"^TrainState\.create: expected key to be a PRNG key"):
         jnn.TrainState.create(params, optax.sgd(0.1), key=0)
@@ -112,8 +104,8 @@ def test_step_keys_differ_per_step_and_stream():
 # ------------------------------------------------------------------------ modes
 
 
-def test_modes_agree_and_auto_says_what_it_chose(data):
-    x, y = data
+def test_modes_agree_and_auto_says_what_it_chose(two_class_data):
+    x, y = two_class_data
     model = jnn.Sequential([jnn.Dense(8), jnn.relu, jnn.Dropout(0.2), jnn.Dense(2)])
     _, optimizer, state = mlp_state(x, model=model)
     runs = {}
@@ -193,8 +185,8 @@ def test_host_and_device_modes_are_bit_identical_with_default_flags():
 # ------------------------------------------------------------------------ non-finite values
 
 
-def nan_data(data, row):
-    x, y = data
+def nan_data(two_class_data, row):
+    x, y = two_class_data
     x = x.copy()
     x[row, 2] = np.nan
     return x, y
@@ -202,9 +194,9 @@ def nan_data(data, row):
 
 @pytest.mark.parametrize("steps_per_call", [1, 2])
 def test_nonfinite_inputs_stop_training_at_the_step_with_the_last_finite_state(
-    data, steps_per_call
+    two_class_data, steps_per_call
 ):
-    x, y = nan_data(data, 37)  # batch 2 of epoch 1 with batch_size 16 and no shuffle
+    x, y = nan_data(two_class_data, 37)  # batch 2 of epoch 1 with batch_size 16 and no shuffle
     model, optimizer, state = mlp_state(x)
     with pytest.raises(
         jnn.NonFiniteError, match=r"^fit: the inputs went non-finite at step 2 \(epoch 1\)"
@@ -223,8 +215,8 @@ def test_nonfinite_inputs_stop_training_at_the_step_with_the_last_finite_state(
     chex.assert_trees_all_close(error.train_state.params, expected.params, rtol=1e-6)
 
 
-def test_nonfinite_gradients_are_told_apart_from_the_loss(data):
-    x, y = data
+def test_nonfinite_gradients_are_told_apart_from_the_loss(two_class_data):
+    x, y = two_class_data
     model, optimizer, state = mlp_state(x)
 
     def sqrt_loss(outputs, targets):  # finite (0) at 0, with an infinite slope there
@@ -246,8 +238,8 @@ def test_nonfinite_gradients_are_told_apart_from_the_loss(data):
 
 
 @pytest.mark.parametrize("steps_per_call", [1, 4])
-def test_skip_counts_nonfinite_steps_and_keeps_training(data, steps_per_call):
-    x, y = nan_data(data, 5)
+def test_skip_counts_nonfinite_steps_and_keeps_training(two_class_data, steps_per_call):
+    x, y = nan_data(two_class_data, 5)
     model, optimizer, state = mlp_state(x)
     result = jnn.fit(
         model, state, LOSS, optimizer, (x, y), epochs=2, batch_size=16,
@@ -262,8 +254,8 @@ def test_skip_counts_nonfinite_steps_and_keeps_training(data, steps_per_call):
 # ------------------------------------------------------------------------ early stopping, callbacks
 
 
-def test_early_stopping_stops_and_restores_the_best_epoch(data):
-    x, y = data
+def test_early_stopping_stops_and_restores_the_best_epoch(two_class_data):
+    x, y = two_class_data
     model, optimizer, state = mlp_state(x, optax.adam(5e-2))
     flipped = (x, 1 - y)  # the better the fit, the worse this gets
     stop = jnn.EarlyStopping("eval_loss", patience=2)
@@ -281,8 +273,8 @@ def test_early_stopping_stops_and_restores_the_best_epoch(data):
     assert int(result.train_state.step) == 12  # optimizer state and step: the last epoch's
 
 
-def test_early_stopping_checks_its_metric_exists(data):
-    x, y = data
+def test_early_stopping_checks_its_metric_exists(two_class_data):
+    x, y = two_class_data
     model, optimizer, state = mlp_state(x)
     with pytest.raises(
         ValueError, match=r"watches 'eval_loss'.*Hint: 'eval_\*' metrics need eval_data"
@@ -295,8 +287,8 @@ def test_early_stopping_checks_its_metric_exists(data):
     assert jnn.EarlyStopping("eval_loss").direction == "min"
 
 
-def test_callbacks_see_every_epoch_and_can_stop(data, tmp_path):
-    x, y = data
+def test_callbacks_see_every_epoch_and_can_stop(two_class_data, tmp_path):
+    x, y = two_class_data
     model, optimizer, state = mlp_state(x)
     seen = []
 
@@ -314,8 +306,8 @@ def test_callbacks_see_every_epoch_and_can_stop(data, tmp_path):
     assert jnn.history_from_json_lines(path) == result.history
 
 
-def test_shuffle_false_visits_the_data_in_order(data):
-    x, y = data
+def test_shuffle_false_visits_the_data_in_order(two_class_data):
+    x, y = two_class_data
     model, optimizer, state = mlp_state(x, optax.sgd(0.1))
     result = jnn.fit(
         model, state, LOSS, optimizer, (x, y), epochs=2, batch_size=16, shuffle=False,
@@ -331,8 +323,8 @@ def test_shuffle_false_visits_the_data_in_order(data):
 # ------------------------------------------------------------------------ populations
 
 
-def test_population_trains_each_member_like_its_own_run(data):
-    x, y = data
+def test_population_trains_each_member_like_its_own_run(two_class_data):
+    x, y = two_class_data
     model = jnn.MLP([8, 2])
     optimizer = optax.inject_hyperparams(optax.adam)(learning_rate=1e-2)
 
@@ -361,8 +353,8 @@ def test_population_trains_each_member_like_its_own_run(data):
         )
 
 
-def test_population_needs_a_leading_member_axis(data):
-    x, y = data
+def test_population_needs_a_leading_member_axis(two_class_data):
+    x, y = two_class_data
     model, optimizer, state = mlp_state(x)
     with pytest.raises(ValueError, match="population=True expects every leaf"):
         jnn.fit(model, state, LOSS, optimizer, (x, y), population=True, progress=False)
@@ -379,8 +371,8 @@ def test_population_needs_a_leading_member_axis(data):
         ({"checkpoints": 3}, TypeError, r"^fit: expected checkpoints to be a directory"),
     ],
 )
-def test_fit_argument_errors_of_the_train_state_form(data, override, error, message):
-    x, y = data
+def test_fit_argument_errors_of_the_train_state_form(two_class_data, override, error, message):
+    x, y = two_class_data
     model, optimizer, state = mlp_state(x)
     with pytest.raises(error, match=message):
         jnn.fit(model, state, LOSS, optimizer, (x, y), progress=False, **override)

@@ -19,14 +19,6 @@ import jnn
 LOSS = jnn.softmax_cross_entropy_with_integer_labels
 
 
-@pytest.fixture(scope="module")
-def data():
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal((64, 4)).astype(np.float32)
-    y = (x[:, 0] + x[:, 1] > 0).astype(np.int32)
-    return x, y
-
-
 def run(data, epochs, directory=None, model=None, **kwargs):
     x, y = data
     model = model or jnn.Sequential([jnn.Dense(8), jnn.relu, jnn.Dropout(0.1), jnn.Dense(2)])
@@ -39,26 +31,26 @@ def run(data, epochs, directory=None, model=None, **kwargs):
     )  # fmt: skip
 
 
-def test_resume_continues_the_run_bit_for_bit(data, tmp_path):
-    whole = run(data, 5)
-    first = run(data, 2, tmp_path)
+def test_resume_continues_the_run_bit_for_bit(two_class_data, tmp_path):
+    whole = run(two_class_data, 5)
+    first = run(two_class_data, 2, tmp_path)
     assert first.info["initial_epoch"] == 0
-    resumed = run(data, 5, tmp_path)
+    resumed = run(two_class_data, 5, tmp_path)
     assert resumed.info["initial_epoch"] == 2
     chex.assert_trees_all_equal(resumed.train_state, whole.train_state)
     assert resumed.history == whole.history
-    again = run(data, 5, tmp_path)  # finished: nothing left to do
+    again = run(two_class_data, 5, tmp_path)  # finished: nothing left to do
     assert again.info["mode"] is None and again.history == whole.history
     chex.assert_trees_all_equal(again.params, whole.params)
 
 
-def test_resume_keeps_early_stopping_and_rotates(data, tmp_path):
-    x, y = data
+def test_resume_keeps_early_stopping_and_rotates(two_class_data, tmp_path):
+    x, y = two_class_data
     stop = jnn.EarlyStopping("eval_loss", patience=3)
     flipped = {"eval_data": (x, 1 - y), "early_stopping": stop}
-    whole = run(data, 12, **flipped)
-    run(data, 2, tmp_path, **flipped)
-    resumed = run(data, 12, tmp_path, **flipped)
+    whole = run(two_class_data, 12, **flipped)
+    run(two_class_data, 2, tmp_path, **flipped)
+    resumed = run(two_class_data, 12, tmp_path, **flipped)
     assert resumed.info["best_epoch"] == whole.info["best_epoch"]
     assert resumed.history == whole.history
     chex.assert_trees_all_equal(resumed.params, whole.params)
@@ -67,14 +59,19 @@ def test_resume_keeps_early_stopping_and_rotates(data, tmp_path):
     assert manager.metadata(manager.latest_step())["fit"]["stopped"]
 
 
-def test_resume_refuses_another_model_or_run(data, tmp_path):
-    run(data, 1, tmp_path)
+def test_resume_refuses_another_model_or_run(two_class_data, tmp_path):
+    run(two_class_data, 1, tmp_path)
     with pytest.raises(jnn.CheckpointError, match="dense_1"):
-        run(data, 2, tmp_path, model=jnn.Sequential([jnn.Dense(8), jnn.relu, jnn.Dense(3)]))
-    x, y = data
+        run(
+            two_class_data,
+            2,
+            tmp_path,
+            model=jnn.Sequential([jnn.Dense(8), jnn.relu, jnn.Dense(3)]),
+        )
+    x, y = two_class_data
     with pytest.raises(jnn.CheckpointError, match=r"a run with .*batch_size.*Hint: resume"):
         run((x[:48], y[:48]), 2, tmp_path)
-    fresh = run(data, 1, tmp_path, resume=False)
+    fresh = run(two_class_data, 1, tmp_path, resume=False)
     assert fresh.info["initial_epoch"] == 0
 
 
