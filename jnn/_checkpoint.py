@@ -34,6 +34,7 @@ from jnn._checkpoint_files import (
     read_header,
     write_atomically,
 )
+from jnn._params_check import path_name
 
 __all__ = ["save_checkpoint", "load_checkpoint", "checkpoint_metadata"]
 
@@ -61,18 +62,11 @@ _NATIVE_NAMES = frozenset(NATIVE.values())
 # ------------------------------------------------------------------------------- paths
 
 
-def _key_name(entry: Any) -> str:
-    for attribute in ("key", "name", "idx"):
-        if hasattr(entry, attribute):
-            return str(getattr(entry, attribute))
-    return str(entry)
-
-
 def leaf_paths(name: str, tree: Any) -> tuple[list[str], list[Any], Any]:
     """``(paths, leaves, treedef)``: each leaf's path as ``"a/b/0"`` (``"."`` for a tree
     that is a single leaf). Raises ``ValueError`` if two leaves get the same path."""
     with_paths, treedef = jax.tree_util.tree_flatten_with_path(tree)
-    paths = ["/".join(_key_name(e) for e in path) or "." for path, _ in with_paths]
+    paths = [path_name(path) or "." for path, _ in with_paths]
     if "__metadata__" in paths:
         raise ValueError(
             f"{name}: a leaf at the top of the tree is named '__metadata__', a name "

@@ -13,7 +13,7 @@ import numpy as np
 from jnn._epochs import CHUNK_SECONDS
 from jnn._loops import copy, measure
 from jnn._train_state import TrainState
-from jnn._training import _build_eval_step, evaluate
+from jnn._training import _build_eval_step, average_logs, evaluate
 
 
 def choose_mode(programs, steps_per_call, ts, tally, host_data, order, full, unroll):
@@ -106,16 +106,8 @@ def evaluate_state(model, ts: TrainState, data, loss_fn, metrics, population) ->
         scores = evaluate(model, ts.params, data, loss_fn=loss_fn, metrics=metrics, state=state)
         return {f"eval_{k}": v for k, v in scores.items()}
     step = _population_eval(_build_eval_step("fit", model, loss_fn, metrics), state is not None)
-    totals, count = {}, 0
-    n = int(np.shape(jax.tree.leaves(data)[0])[0])
-    for start in range(0, n, 1024):
-        batch = jax.tree.map(lambda a, s=start: np.asarray(a)[s : s + 1024], data)
-        size = min(1024, n - start)
-        logs = step(ts.params, batch, state)
-        for k, v in logs.items():
-            totals[k] = totals.get(k, 0.0) + np.asarray(v, np.float64) * size
-        count += size
-    return {f"eval_{k}": _plain(v / count) for k, v in totals.items()}
+    scores = average_logs(step, ts.params, data, state, 1024)
+    return {f"eval_{k}": _plain(v) for k, v in scores.items()}
 
 
 @functools.lru_cache(maxsize=16)

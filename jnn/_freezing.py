@@ -14,25 +14,18 @@ import difflib
 import fnmatch
 import re
 from collections.abc import Sequence
-from typing import Any
 
 import jax
 import optax
 
 from jnn._checks import check_params_leaves
 from jnn._module import Params
+from jnn._params_check import key_name
 from jnn._train_checks import check_optimizer
 
 __all__ = ["freeze"]
 
 Pattern = str | re.Pattern
-
-
-def _name(key: Any) -> str:
-    for field in ("key", "idx", "name"):
-        if hasattr(key, field):
-            return str(getattr(key, field))
-    return str(key)
 
 
 def _prefixes(names: tuple[str, ...]) -> list[str]:
@@ -136,7 +129,7 @@ def freeze(
             )
     patterns = [p.strip("/") if isinstance(p, str) else p for p in patterns]
     leaves, treedef = jax.tree_util.tree_flatten_with_path(params)
-    paths = [_prefixes(tuple(_name(k) for k in path)) for path, _ in leaves]
+    paths = [_prefixes(tuple(key_name(k) for k in path)) for path, _ in leaves]
     used = [False] * len(patterns)
     labels = []
     for prefixes in paths:

@@ -19,19 +19,26 @@ from jnn._checks import APPLY_CHECK, check_params_leaves
 from jnn._errors import ParamsError, layer_name
 from jnn._scope import specs
 
-__all__ = ["compare_trees", "expected_trees", "leaf_paths"]
+__all__ = ["compare_trees", "expected_trees", "leaf_paths", "key_name", "path_name"]
 
 
 def leaf_paths(tree: Any) -> dict[str, Any]:
     flat, _ = jax.tree_util.tree_flatten_with_path(tree)
-    return {"/".join(_key_str(k) for k in path): leaf for path, leaf in flat}
+    return {path_name(path): leaf for path, leaf in flat}
 
 
-def _key_str(k: Any) -> str:
-    for attr in ("key", "name", "idx"):
-        if hasattr(k, attr):
-            return str(getattr(k, attr))
-    return str(k)
+def key_name(entry: Any) -> str:
+    """One entry of a ``jax.tree_util`` key path as a plain name: a dict key, an attribute
+    (NamedTuple field) or a sequence index."""
+    for attr in ("key", "name", "idx"):  # DictKey / FlattenedIndexKey, GetAttrKey, SequenceKey
+        if hasattr(entry, attr):
+            return str(getattr(entry, attr))
+    return str(entry)
+
+
+def path_name(path: tuple) -> str:
+    """The ``/``-joined names of a key path: ``opt_state/0/mu/dense/weight``."""
+    return "/".join(key_name(entry) for entry in path)
 
 
 def compare_trees(module: Any, what: str, actual: Any, expected: Any, inputs: Any) -> None:

@@ -30,6 +30,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from jnn._params_check import path_name as leaf_path
+
 __all__ = [
     "partition_specs",
     "named_shardings",
@@ -44,19 +46,6 @@ REPLICATED = PartitionSpec()
 """The spec of a leaf copied whole to every device."""
 
 Rules = Sequence[tuple[str | re.Pattern, PartitionSpec]] | Mapping[str, PartitionSpec]
-
-
-def leaf_path(path: tuple) -> str:
-    """The ``/``-joined names of a ``jax.tree_util`` key path: ``opt_state/0/mu/dense/weight``."""
-    names = []
-    for entry in path:
-        for attr in ("key", "name", "idx"):  # DictKey / FlattenedIndexKey, GetAttrKey, SequenceKey
-            if hasattr(entry, attr):
-                names.append(str(getattr(entry, attr)))
-                break
-        else:
-            names.append(str(entry))
-    return "/".join(names)
 
 
 def _is_key(leaf: Any) -> bool:

@@ -119,12 +119,20 @@ def evaluate(
     check_pair(name, data, "data")
     count_examples(name, data)
     check_positive_int(name, "batch_size", batch_size)
+    return {
+        k: float(v) for k, v in average_logs(eval_step, params, data, state, batch_size).items()
+    }
+
+
+def average_logs(eval_step: Callable, params: Any, data: Batch, state: Any, batch_size: int):
+    """The logs of ``eval_step(params, batch, state)`` over ``data``'s batches, each
+    weighted by its number of examples (arrays, for a vmapped step of a population)."""
     totals: dict[str, Any] = {}
     count = 0
     for batch in batches(data, batch_size):
         size = int(np.shape(jax.tree.leaves(batch[1])[0])[0])
-        logs = eval_step(params, batch, state)
+        logs = jax.device_get(eval_step(params, batch, state))
         for name, value in logs.items():
-            totals[name] = totals.get(name, 0.0) + value * size
+            totals[name] = totals.get(name, 0.0) + np.asarray(value, np.float64) * size
         count += size
-    return {name: float(total) / count for name, total in totals.items()}
+    return {name: total / count for name, total in totals.items()}
