@@ -218,6 +218,7 @@ class Programs:
 
         flagged_step = flagged(core, policy)
         self.core = core
+        self._convolves: dict[str, bool] = {}
 
         def host_step(ts, batch):  # one array out beside the state: each output costs
             out, values, code = flagged_step(ts, batch)  # dispatch time on a small model
@@ -263,12 +264,16 @@ class Programs:
 
     def has_convolution(self, ts: TrainState, batch: Any) -> bool:
         """Whether a step convolves, read from its lowered program (traced, not compiled)."""
-        fn = (
-            (lambda s, b: self.core(s, b)[:2])
-            if not self.population
-            else (jax.vmap(lambda s, b: self.core(s, b)[:2]))
-        )
-        return "convolution" in jax.jit(fn).lower(ts, batch).as_text()
+        signature = str(jax.eval_shape(lambda: (ts, batch)))  # shapes, dtypes, structure
+        if signature not in self._convolves:  # a repeated fit of this setup lowers once
+            fn = (
+                (lambda s, b: self.core(s, b)[:2])
+                if not self.population
+                else (jax.vmap(lambda s, b: self.core(s, b)[:2]))
+            )
+            text = jax.jit(fn).lower(ts, batch).as_text()
+            self._convolves[signature] = "convolution" in text
+        return self._convolves[signature]
 
     def host_batch(self, data: Any, order: np.ndarray, start: int, stop: int) -> Any:
         """The batch of positions ``[start, stop)`` of the epoch, gathered on the host."""
