@@ -52,6 +52,7 @@ from jnn._masks import causal_mask, combine_masks, padding_mask
 from jnn._metrics import Mean, accuracy, confusion_matrix, top_k_accuracy
 from jnn._module import Module, Params, State
 from jnn._norm import LayerNorm, RMSNorm
+from jnn._partition import fully_sharded_specs, partition_specs
 from jnn._pooling import AvgPool, MaxPool
 from jnn._positional import (
     LearnedPositions,
@@ -67,11 +68,10 @@ from jnn._scope import Scope
 from jnn._sharding import (
     batch_sharding,
     fully_sharded,
-    fully_sharded_specs,
     make_mesh,
     named_shardings,
-    partition_specs,
     shard,
+    shard_batch,
 )
 from jnn._step import make_train_step
 from jnn._summary import LayerSummary, Summary, summary
@@ -215,6 +215,7 @@ __all__ = [
     "fully_sharded_specs",
     "fully_sharded",
     "batch_sharding",
+    "shard_batch",
     # seeing the model
     "summary",
     "Summary",

@@ -41,7 +41,8 @@ class EpochRunner:
         self.step = step  # TrainState.step, followed on the host: no waiting to read it
         # flattened once: a generic tree map per batch costs more than the gather itself
         self.leaves, self.treedef = jax.tree.flatten(host_data)
-        self.device_data = jax.device_put(host_data) if self.mode == "device" else None
+        self.device_data = self.programs.to_device(host_data) if self.mode == "device" else None
+        self.placement = self.programs.layout and self.programs.layout.batch
 
     def segments(self):
         """``(first position, steps)`` of each segment, the short last batch its own; an
@@ -69,7 +70,7 @@ class EpochRunner:
         tally stays in NumPy arrays, read back once per segment."""
         host_order = order
         if self.mode == "device":
-            order = jax.device_put(order)  # once per epoch, not per call
+            order = self.programs.to_device(order)  # once per epoch, not per call
         for start, count in self.segments():
             snapshot = (copy(ts), tally, self.step) if self.policy == "raise" else None
             begin = time.perf_counter()
@@ -105,6 +106,8 @@ class EpochRunner:
         bs = self.programs.batch_size
         index = host_order[..., i * bs : min(i * bs + bs, self.n)]  # [K, B] for a population
         batch = self.treedef.unflatten([leaf[index] for leaf in self.leaves])
+        if self.placement is not None:  # split over the mesh
+            return jax.device_put(batch, self.placement)
         return jax.device_put(batch) if self.prefetch else batch
 
     def _check(self, snapshot, tally, order, host_order, start, epoch, history) -> None:

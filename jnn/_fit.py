@@ -5,11 +5,13 @@ callbacks, checkpoints and resume, and populations of runs."""
 from __future__ import annotations
 
 import functools
+import math
 from typing import Any, NamedTuple
 
 import jax
 import numpy as np
 import optax
+from jax.sharding import Mesh
 
 from jnn._batching import check_bool, check_pair, count_examples
 from jnn._callbacks import as_callbacks
@@ -17,8 +19,9 @@ from jnn._checks import check_params_leaves, check_positive_int
 from jnn._early_stopping import EarlyStopping, check_early_stopping
 from jnn._epochs import EpochRunner
 from jnn._fit_support import ProgressBar, Resume, choose_mode, epoch_logs, evaluate_state
-from jnn._loops import Programs, copy, empty_tally
+from jnn._loops import Layout, Programs, copy, empty_tally
 from jnn._module import Module, Params, State
+from jnn._sharding import checked_batch_sharding, on_mesh
 from jnn._step import pure_step
 from jnn._train_checks import (
     Batch,
@@ -90,6 +93,8 @@ def fit(
     resume: bool = True,
     population: bool = False,
     progress: bool = True,
+    mesh: Mesh | None = None,
+    batch_axis: str | tuple[str, ...] = "data",
     key: jax.Array | None = None,
     state: State | None = None,
     opt_state: Any = None,
@@ -158,6 +163,14 @@ def fit(
         (``jax.vmap`` of ``init_train_state``); they train as one program, each with
         its own shuffle, and every history value has one entry per member.
       progress: Show a progress bar (``tqdm.auto``).
+      mesh: Train on the devices of this ``jax.sharding.Mesh`` (``jnn.make_mesh``):
+        each batch is split over ``batch_axis`` (data parallelism), and the train state
+        keeps the layout it was given on ``mesh`` (``jnn.shard`` with tensor-parallel
+        rules, ``jnn.fully_sharded``); leaves not yet on ``mesh`` are replicated. Every
+        compiled step returns the state in that layout. ``batch_size`` must be a multiple
+        of the devices along ``batch_axis``. One process only: for several, see
+        ``jnn.shard_batch``.
+      batch_axis: The mesh axis (or axes) the batches are split over, with ``mesh``.
       key: Only with plain params: the run's PRNG key.
       state: Only with plain params: the model state.
       opt_state: Only with plain params: the optimizer state to resume from.
@@ -206,6 +219,9 @@ def fit(
         raise ValueError(f"{name}: early_stopping stops one run; it cannot stop a population.")
     callbacks = as_callbacks(name, callbacks)
     members = _population_size(name, ts) if population else None
+    layout = None
+    if mesh is not None:
+        ts, layout = _place(name, ts, mesh, batch_axis, batch_size, population)
     full = n // batch_size
     tail = 0 if drop_last else n - full * batch_size
     if full == 0 and drop_last:
@@ -213,10 +229,17 @@ def fit(
             f"{name}: {n} examples give no full batch of {batch_size}; lower batch_size "
             "or pass drop_last=False."
         )
+    if layout is not None and tail % layout.devices:
+        raise ValueError(
+            f"{name}: the last batch of each epoch would hold {tail} examples, which the "
+            f"{layout.devices} devices of mesh axis {batch_axis!r} cannot split evenly. "
+            "Hint: pass drop_last=True, or use a number of examples that is a multiple of "
+            f"{layout.devices}."
+        )
 
     host_data = jax.tree.map(np.asarray, train_data)
     setup = (model, loss_fn, optimizer, tuple(sorted(metrics.items())))
-    setup += (on_nonfinite, batch_size, population, shuffle)
+    setup += (on_nonfinite, batch_size, population, shuffle, layout)
     try:  # a second fit of the same setup reuses the compiled programs
         core, programs = _programs(*setup)
     except TypeError:  # an unhashable hyperparameter somewhere: build them afresh
@@ -305,7 +328,34 @@ def _population_size(name: str, ts: TrainState) -> int:
     return sizes.pop()
 
 
+def _place(name, ts, mesh, batch_axis, batch_size, population):
+    """The train state on ``mesh`` and the ``Layout`` of the run's programs."""
+    if not isinstance(mesh, Mesh):
+        raise TypeError(
+            f"{name}: expected mesh to be a jax.sharding.Mesh (jnn.make_mesh), got "
+            f"{type(mesh).__name__}."
+        )
+    if population:
+        raise ValueError(f"{name}: mesh= and population=True cannot be combined.")
+    if jax.process_count() > 1:
+        raise ValueError(
+            f"{name}: mesh= trains in one process, and this is one of "
+            f"{jax.process_count()}. Hint: in a multi-process run build each global batch "
+            "with jnn.shard_batch and step with jnn.make_train_step."
+        )
+    batches = checked_batch_sharding(name, mesh, batch_axis)
+    devices = math.prod(mesh.shape[a] for a in jax.tree.leaves(batch_axis))
+    if batch_size % devices:
+        raise ValueError(
+            f"{name}: batch_size {batch_size} cannot be split evenly over the {devices} "
+            f"devices of mesh axis {batch_axis!r}. Hint: use a multiple of {devices}."
+        )
+    shardings = on_mesh(ts, mesh)
+    leaves, treedef = jax.tree.flatten(shardings)
+    return jax.device_put(ts, shardings), Layout(treedef, tuple(leaves), batches, devices)
+
+
 @functools.lru_cache(maxsize=8)
-def _programs(model, loss_fn, optimizer, metrics, policy, batch_size, population, shuffle):
+def _programs(model, loss_fn, optimizer, metrics, policy, batch_size, population, shuffle, layout):
     core = pure_step("fit", model, loss_fn, optimizer, dict(metrics))
-    return core, Programs(core, policy, batch_size, population, shuffle)
+    return core, Programs(core, policy, batch_size, population, shuffle, layout)

@@ -37,7 +37,7 @@ def choose_mode(programs, steps_per_call, ts, tally, host_data, order, full, unr
         return "host", 1, None, f"the data ({size / 2**20:.0f} MiB) do not fit on the device"
     if steps_per_call == "auto":
         return _rule(programs, ts, host_data, order)
-    device_data = jax.device_put(host_data)
+    device_data = programs.to_device(host_data)
     timings = measure(programs, ts, tally, host_data, device_data, order, min(full, 16))
     host, device = timings["host"], timings["device"]
     if device is None:

@@ -22,6 +22,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
 
 from jnn._train_state import TrainState, epoch_key
 
@@ -192,18 +193,47 @@ def gather(data: Any, index: Any) -> Any:
     return jax.tree.map(lambda a: jnp.take(a, index, axis=0), data)
 
 
+class Layout(NamedTuple):
+    """Where a ``fit`` on a mesh keeps things; hashable, so it keys the program cache."""
+
+    treedef: Any  # of the TrainState
+    state: tuple  # its leaves' NamedShardings, in treedef order
+    batch: NamedSharding  # each batch: the leading axis split over the batch axis
+    devices: int  # along the batch axis
+
+    @property
+    def replicated(self) -> NamedSharding:
+        return NamedSharding(self.batch.mesh, PartitionSpec())
+
+    def jit_options(self) -> dict:
+        """The state comes out as it went in; the tally or logs whole on every device."""
+        state = jax.tree.unflatten(self.treedef, self.state)
+        return {"out_shardings": (state, self.replicated)}
+
+
 class Programs:
     """The jit-compiled programs of one ``fit`` call (compiled on first use)."""
 
     def __init__(
-        self, core: Callable, policy: str, batch_size: int, population: bool, shuffle: bool
+        self,
+        core: Callable,
+        policy: str,
+        batch_size: int,
+        population: bool,
+        shuffle: bool,
+        layout: Layout | None = None,
     ):
         step = guarded(core, policy)
-        self.batch_size = batch_size
+        self.batch_size, self.layout = batch_size, layout
+
+        def split(batch):  # on a mesh: each device steps on its share of the batch
+            if layout is None:
+                return batch
+            return jax.lax.with_sharding_constraint(batch, layout.batch)
 
         def position(data, order, start, i, carry):  # the step at position start + i
             index = jax.lax.dynamic_slice_in_dim(order, (start + i) * batch_size, batch_size)
-            return step(*carry, gather(data, index))
+            return step(*carry, split(gather(data, index)))
 
         def run(ts, tally, data, order, start, n):
             body = functools.partial(position, data, order, start)
@@ -221,17 +251,20 @@ class Programs:
         self._convolves: dict[str, bool] = {}
 
         def host_step(ts, batch):  # one array out beside the state: each output costs
-            out, values, code = flagged_step(ts, batch)  # dispatch time on a small model
+            out, values, code = flagged_step(ts, split(batch))  # dispatch time on a small model
             return out, jnp.concatenate([values, code.astype(jnp.float32)[None]])
 
         if population:
             host_step = jax.vmap(host_step)  # each member gets its own batch
             run = jax.vmap(run, in_axes=(0, 0, None, 0, None, None))
             run_unrolled = jax.vmap(run_unrolled, in_axes=(0, 0, None, 0, None, None))
-        self.step = jax.jit(host_step, donate_argnums=(0,))
+        placed = {} if layout is None else layout.jit_options()
+        self.step = jax.jit(host_step, donate_argnums=(0,), **placed)
         self.policy = policy
-        self.run = jax.jit(run, donate_argnums=(0, 1))
-        self.run_unrolled = jax.jit(run_unrolled, donate_argnums=(0, 1), static_argnums=(5,))
+        self.run = jax.jit(run, donate_argnums=(0, 1), **placed)
+        self.run_unrolled = jax.jit(
+            run_unrolled, donate_argnums=(0, 1), static_argnums=(5,), **placed
+        )
         self.shuffle = shuffle
         self.population = population
 
@@ -276,9 +309,15 @@ class Programs:
         return self._convolves[signature]
 
     def host_batch(self, data: Any, order: np.ndarray, start: int, stop: int) -> Any:
-        """The batch of positions ``[start, stop)`` of the epoch, gathered on the host."""
+        """The batch of positions ``[start, stop)`` of the epoch, gathered on the host
+        (and split over the mesh, on one)."""
         index = order[..., start:stop]  # [B], or [K, B] for a population: one batch each
-        return jax.tree.map(lambda a: a[index], data)
+        batch = jax.tree.map(lambda a: a[index], data)
+        return batch if self.layout is None else jax.device_put(batch, self.layout.batch)
+
+    def to_device(self, data: Any) -> Any:
+        """Device mode's copy of the data (or an epoch's order): whole on every device."""
+        return jax.device_put(data, None if self.layout is None else self.layout.replicated)
 
     def device_steps(self, ts, tally, data, order, start: int, n: int, unroll: bool):
         if unroll:
@@ -323,7 +362,7 @@ def measure(programs: Programs, ts, tally, host_data, device_data, order, steps:
     convolution gradients, far slower than the same step alone), without more slow
     steps. Otherwise both are timed over ``steps`` steps.
     """
-    host_order, order = order, jax.device_put(order)
+    host_order, order = order, programs.to_device(order)
     bs = programs.batch_size
 
     def host(n):

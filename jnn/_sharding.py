@@ -1,13 +1,5 @@
-"""Placing a pytree (params, a ``TrainState``) on a mesh of devices, leaf by leaf.
-
-A leaf is named by its ``/``-joined path, as in a checkpoint: ``block_0/mlp/dense_0/weight``
-in a params dict, ``params/block_0/mlp/dense_0/weight`` and
-``opt_state/0/mu/block_0/mlp/dense_0/weight`` in a ``TrainState``. Rules are regular
-expressions found anywhere in that path (``re.search``), so one rule gives a parameter and
-the optimizer's moments of it (adam's ``mu`` and ``nu``, which mirror the params) the same
-spec. Anchor a rule at the end (``"mlp/dense_0/weight$"``) or at a name boundary
-(``"(^|/)embed/"``), never at the start of the path with ``"^"`` alone: the prefix differs
-between params and a train state.
+"""Placing a pytree (params, a ``TrainState``, a batch) on a mesh of devices, leaf by leaf,
+with the specs of ``jnn._partition``.
 
 Build meshes with ``make_mesh`` (or ``jax.make_mesh`` with ``AxisType.Auto`` axes): since
 JAX 0.7, ``jax.make_mesh``'s default ``Explicit`` axes make every operation on a sharded
@@ -22,8 +14,7 @@ the all-gathers of a fully sharded state).
 from __future__ import annotations
 
 import math
-import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -31,151 +22,44 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jnn._params_check import path_name as leaf_path
+from jnn._partition import (
+    REPLICATED,
+    Rules,
+    _check_axis,
+    _check_mesh,
+    _shape,
+    fully_sharded_specs,
+    partition_specs,
+)
 
 __all__ = [
-    "partition_specs",
     "named_shardings",
     "shard",
-    "fully_sharded_specs",
     "fully_sharded",
     "batch_sharding",
+    "shard_batch",
     "make_mesh",
 ]
 
-REPLICATED = PartitionSpec()
-"""The spec of a leaf copied whole to every device."""
 
-Rules = Sequence[tuple[str | re.Pattern, PartitionSpec]] | Mapping[str, PartitionSpec]
-
-
-def _is_key(leaf: Any) -> bool:
-    dtype = getattr(leaf, "dtype", None)
-    return dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key)
-
-
-def _shape(leaf: Any) -> tuple[int, ...]:
-    return tuple(leaf.shape) if hasattr(leaf, "shape") else tuple(np.shape(leaf))
+def place(tree: Any, shardings: Any) -> Any:
+    """``jax.device_put(tree, shardings)``, also across processes: in a run of several
+    (``jax.distributed.initialize``) a sharding spanning other processes' devices takes
+    each device's part from the host value, which every process must hold whole."""
+    if jax.process_count() == 1:
+        return jax.device_put(tree, shardings)
+    return jax.tree.map(_place_leaf, tree, shardings)
 
 
-def _always_replicated(leaf: Any) -> bool:
-    """Scalars and PRNG keys: never split, whatever the rules say."""
-    return _is_key(leaf) or not _shape(leaf)
-
-
-def _check_spec(name: str, what: str, spec: Any) -> PartitionSpec:
-    if not isinstance(spec, PartitionSpec):
-        raise TypeError(
-            f"{name}: expected {what} to be a jax.sharding.PartitionSpec, got "
-            f"{type(spec).__name__} {spec!r}. Write PartitionSpec(None, 'model') for a tuple."
-        )
-    return spec
-
-
-def _compile_rules(name: str, rules: Any) -> list[tuple[re.Pattern, PartitionSpec]]:
-    if isinstance(rules, Mapping):
-        rules = list(rules.items())
-    if isinstance(rules, str | bytes) or not isinstance(rules, Sequence):
-        raise TypeError(
-            f"{name}: expected rules to be a sequence of (pattern, PartitionSpec) pairs, got "
-            f"{type(rules).__name__}."
-        )
-    compiled = []
-    for i, rule in enumerate(rules):
-        if not (isinstance(rule, tuple | list) and len(rule) == 2):
-            raise TypeError(
-                f"{name}: expected rule {i} to be a (pattern, PartitionSpec) pair, got {rule!r}."
-            )
-        pattern, spec = rule
-        if not isinstance(pattern, str | re.Pattern):
-            raise TypeError(
-                f"{name}: expected the pattern of rule {i} to be a regex string, got "
-                f"{type(pattern).__name__} {pattern!r}."
-            )
-        try:
-            regex = re.compile(pattern)
-        except re.error as error:
-            raise ValueError(
-                f"{name}: the pattern of rule {i}, {pattern!r}, is not a valid regex: {error}."
-            ) from None
-        compiled.append((regex, _check_spec(name, f"the spec of rule {i}", spec)))
-    return compiled
-
-
-def _spec_for(name: str, path: str, leaf: Any, rules: list, default: PartitionSpec):
-    if _always_replicated(leaf):
-        return PartitionSpec()
-    shape = _shape(leaf)
-    source = "the default"
-    spec = default
-    for i, (regex, rule_spec) in enumerate(rules):
-        if regex.search(path):
-            source, spec = f"rule {i} ({regex.pattern!r})", rule_spec
-            break
-    if len(spec) > len(shape):
-        raise ValueError(
-            f"{name}: {source} gives '{path}' of shape {shape} the spec {spec}, with "
-            f"{len(spec)} entries for an array of rank {len(shape)}. Make the pattern match "
-            "only the leaves it fits (end it with '/weight$'), or put a rule for this leaf "
-            "before it."
-        )
-    return spec
-
-
-def partition_specs(tree: Any, rules: Rules = (), *, default: PartitionSpec = REPLICATED) -> Any:
-    """The ``PartitionSpec`` of every leaf of ``tree``, chosen by regex rules on its path.
-
-    Each leaf's path is its keys joined by ``/`` (``params/block_0/mlp/dense_0/weight`` in a
-    ``TrainState``; ``block_0/mlp/dense_0/weight`` in a params dict). The first rule whose
-    pattern is found in the path (``re.search``) gives the spec; a leaf no rule matches gets
-    ``default``. Scalars and PRNG key arrays always get ``PartitionSpec()`` (replicated).
-    Since the search is not anchored at the start, a rule for a parameter also matches the
-    optimizer state that mirrors it (``opt_state/0/mu/block_0/mlp/dense_0/weight``): anchor
-    at the end (``"/weight$"``) or a name boundary (``"(^|/)embed/"``), not at ``"^"``.
-
-    Args:
-      tree: A pytree of arrays or ``jax.ShapeDtypeStruct``\\ s (from ``jax.eval_shape``).
-      rules: ``(pattern, PartitionSpec)`` pairs, tried in order (or a dict, in its order).
-      default: The spec of leaves no rule matches.
-
-    Returns:
-      A tree of ``PartitionSpec``\\ s with ``tree``'s structure.
-
-    Raises:
-      TypeError: If a rule is not a ``(str, PartitionSpec)`` pair or ``default`` is not a
-        ``PartitionSpec``.
-      ValueError: If a pattern is not a valid regex, or the spec a leaf gets has more entries
-        than the leaf has axes; the message names the path, the spec and the shape.
-
-    Examples:
-      >>> import jax.numpy as jnp, jnn
-      >>> from jax.sharding import PartitionSpec as P
-      >>> params = {"dense": {"weight": jnp.ones((4, 8)), "bias": jnp.ones(8)}}
-      >>> specs = jnn.partition_specs(params, [("weight$", P(None, "model"))])
-      >>> specs["dense"]["weight"] == P(None, "model"), specs["dense"]["bias"] == P()
-      (True, True)
-    """
-    name = "partition_specs"
-    compiled = _compile_rules(name, rules)
-    default = _check_spec(name, "default", default)
-    return jax.tree_util.tree_map_with_path(
-        lambda path, leaf: _spec_for(name, leaf_path(path), leaf, compiled, default), tree
-    )
-
-
-def _check_mesh(name: str, mesh: Any) -> None:
-    if not isinstance(mesh, Mesh):
-        raise TypeError(
-            f"{name}: expected mesh to be a jax.sharding.Mesh (from jax.make_mesh), got "
-            f"{type(mesh).__name__}."
-        )
-
-
-def _check_axis(name: str, mesh: Mesh, axis: str, where: str = "") -> None:
-    if axis not in mesh.shape:
-        raise ValueError(
-            f"{name}: mesh axis {axis!r}{where} is not in the mesh, whose axes are "
-            f"{dict(mesh.shape)}."
-        )
+def _place_leaf(leaf: Any, sharding: NamedSharding) -> jax.Array:
+    if sharding.is_fully_addressable:
+        return jax.device_put(leaf, sharding)
+    key = isinstance(leaf, jax.Array) and jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key)
+    value = np.asarray(jax.random.key_data(leaf) if key else leaf)
+    if key:  # key data has a trailing axis the key's spec does not name
+        sharding = NamedSharding(sharding.mesh, PartitionSpec(*sharding.spec))
+    placed = jax.make_array_from_callback(value.shape, sharding, lambda index: value[index])
+    return jax.random.wrap_key_data(placed, impl=jax.random.key_impl(leaf)) if key else placed
 
 
 def _sharding_for(name: str, mesh: Mesh, path: str, leaf: Any, spec: PartitionSpec):
@@ -277,50 +161,7 @@ def shard(tree: Any, mesh: Mesh, rules: Rules = (), *, default: PartitionSpec = 
     name = "shard"
     _check_mesh(name, mesh)
     specs = partition_specs(tree, rules, default=default)
-    return jax.device_put(tree, _shardings_from_specs(name, tree, mesh, specs))
-
-
-def _fsdp_spec(leaf: Any, axis: str, size: int, min_size: int) -> PartitionSpec:
-    if _always_replicated(leaf):
-        return PartitionSpec()
-    shape = _shape(leaf)
-    if math.prod(shape) < min_size:
-        return PartitionSpec()
-    divisible = [d for d in range(len(shape)) if shape[d] % size == 0 and shape[d] >= size]
-    if not divisible:
-        return PartitionSpec()
-    dim = max(divisible, key=lambda d: shape[d])  # the first of the largest
-    return PartitionSpec(*([None] * dim), axis)
-
-
-def fully_sharded_specs(tree: Any, mesh: Mesh, axis: str = "data", *, min_size: int = 1024) -> Any:
-    """The specs of ``fully_sharded``: each leaf's largest divisible axis split over ``axis``.
-
-    Args:
-      tree: A pytree of arrays or ``jax.ShapeDtypeStruct``\\ s.
-      mesh: The device mesh.
-      axis: The mesh axis to split over.
-      min_size: Leaves with fewer elements are replicated (biases, norms): their share
-        would cost more to gather than it saves.
-
-    Returns:
-      A tree of ``PartitionSpec``\\ s: ``PartitionSpec(None, ..., axis)`` at the largest
-      array axis the mesh axis divides (the first of equals), or ``PartitionSpec()`` for
-      scalars, keys, leaves under ``min_size`` elements and leaves no axis of which divides.
-
-    Raises:
-      TypeError: If ``mesh`` is not a ``Mesh`` or ``min_size`` not an int.
-      ValueError: If ``axis`` is not an axis of ``mesh`` or ``min_size`` is negative.
-    """
-    name = "fully_sharded_specs"
-    _check_mesh(name, mesh)
-    _check_axis(name, mesh, axis)
-    if isinstance(min_size, bool) or not isinstance(min_size, int):
-        raise TypeError(f"{name}: expected min_size to be an int, got {min_size!r}.")
-    if min_size < 0:
-        raise ValueError(f"{name}: expected min_size >= 0, got {min_size}.")
-    size = mesh.shape[axis]
-    return jax.tree.map(lambda leaf: _fsdp_spec(leaf, axis, size, min_size), tree)
+    return place(tree, _shardings_from_specs(name, tree, mesh, specs))
 
 
 def fully_sharded(tree: Any, mesh: Mesh, axis: str = "data", *, min_size: int = 1024) -> Any:
@@ -344,7 +185,7 @@ def fully_sharded(tree: Any, mesh: Mesh, axis: str = "data", *, min_size: int = 
     """
     name = "fully_sharded"
     specs = fully_sharded_specs(tree, mesh, axis, min_size=min_size)
-    return jax.device_put(tree, _shardings_from_specs(name, tree, mesh, specs))
+    return place(tree, _shardings_from_specs(name, tree, mesh, specs))
 
 
 def batch_sharding(mesh: Mesh, axis: str | tuple[str, ...] = "data") -> NamedSharding:
@@ -369,11 +210,88 @@ def batch_sharding(mesh: Mesh, axis: str | tuple[str, ...] = "data") -> NamedSha
       >>> tuple(jnn.batch_sharding(jnn.make_mesh((1,), ("data",))).spec)
       ('data',)
     """
-    name = "batch_sharding"
+    return checked_batch_sharding("batch_sharding", mesh, axis)
+
+
+def checked_batch_sharding(name: str, mesh: Mesh, axis: str | tuple[str, ...]) -> NamedSharding:
+    """``batch_sharding`` for ``name`` (its errors name the caller)."""
     _check_mesh(name, mesh)
     for one in (axis,) if isinstance(axis, str) else tuple(axis):
         _check_axis(name, mesh, one)
     return NamedSharding(mesh, PartitionSpec(axis))
+
+
+def _axis_size(mesh: Mesh, axis: str | tuple[str, ...]) -> int:
+    return math.prod(mesh.shape[a] for a in ((axis,) if isinstance(axis, str) else axis))
+
+
+def shard_batch(batch: Any, mesh: Mesh, axis: str | tuple[str, ...] = "data") -> Any:
+    """A batch placed on ``mesh`` with its leading axis split over ``axis``.
+
+    In one process ``batch`` is the whole batch, and this is
+    ``jax.device_put(batch, jnn.batch_sharding(mesh, axis))`` with the sizes checked. In a
+    run of several processes (``jax.distributed.initialize``) each process passes only its
+    own rows, the part of the global batch its devices hold, and gets back the global
+    array (``jax.make_array_from_process_local_data``): a global batch of ``B`` rows over
+    ``P`` processes is ``B / P`` rows in each.
+
+    Args:
+      batch: A pytree of arrays (NumPy or JAX) sharing a leading batch axis: ``[B, ...]``
+        in one process, this process's ``[B / P, ...]`` in several.
+      mesh: The device mesh.
+      axis: The mesh axis (or a tuple of axes) the batch is split over.
+
+    Returns:
+      The batch as ``jax.Array``\\ s of the global shape, sharded on ``mesh``.
+
+    Raises:
+      TypeError: If ``mesh`` is not a ``Mesh``.
+      ValueError: If ``axis`` is not an axis of ``mesh``, a leaf has no leading axis, or
+        the leading size is not divisible by this process's devices along ``axis`` (the
+        message names the leaf and its shape).
+
+    Examples:
+      >>> import numpy as np, jnn
+      >>> mesh = jnn.make_mesh((1,), ("data",))
+      >>> x, y = jnn.shard_batch((np.ones((4, 3)), np.arange(4)), mesh)
+      >>> x.shape, tuple(y.sharding.spec)
+      ((4, 3), ('data',))
+    """
+    name = "shard_batch"
+    sharding = checked_batch_sharding(name, mesh, axis)
+    processes = jax.process_count()
+    local = _axis_size(mesh, axis) // processes if processes > 1 else _axis_size(mesh, axis)
+    flat, treedef = jax.tree_util.tree_flatten_with_path(batch)
+    for path, leaf in flat:
+        shape = np.shape(leaf)
+        where = f"the batch leaf '{leaf_path(path)}'" if path else "the batch"
+        if not shape:
+            raise ValueError(f"{name}: {where} is a scalar; expected a leading batch axis.")
+        if local and shape[0] % max(local, 1):
+            raise ValueError(
+                f"{name}: {where} has shape {shape}; its leading size {shape[0]} is not "
+                f"divisible by the {local} devices of mesh axis {axis!r}"
+                + (f" in this process (of {processes})" if processes > 1 else "")
+                + ". Hint: use a batch size that is a multiple of it."
+            )
+    leaves = [leaf for _, leaf in flat]
+    if processes == 1:
+        return jax.device_put(jax.tree.unflatten(treedef, leaves), sharding)
+    placed = [jax.make_array_from_process_local_data(sharding, np.asarray(a)) for a in leaves]
+    return jax.tree.unflatten(treedef, placed)
+
+
+def on_mesh(tree: Any, mesh: Mesh) -> Any:
+    """The shardings that put ``tree`` on ``mesh``: a leaf already laid out on ``mesh``
+    keeps its spec, any other leaf is replicated (``fit``'s placement of a train state)."""
+
+    def sharding(leaf: Any) -> NamedSharding:
+        current = getattr(leaf, "sharding", None)
+        if isinstance(current, NamedSharding) and current.mesh == mesh:
+            return current
+        return NamedSharding(mesh, PartitionSpec())
+
+    return jax.tree.map(sharding, tree)
 
 
 def make_mesh(
