@@ -52,7 +52,7 @@ from jnn._masks import causal_mask, combine_masks, padding_mask
 from jnn._metrics import Mean, accuracy, confusion_matrix, top_k_accuracy
 from jnn._module import Module, Params, State
 from jnn._norm import LayerNorm, RMSNorm
-from jnn._partition import fully_sharded_specs, partition_specs
+from jnn._partition import fully_sharded_specs, partition_specs, tensor_parallel_rules
 from jnn._pooling import AvgPool, MaxPool
 from jnn._positional import (
     LearnedPositions,
@@ -216,6 +216,7 @@ __all__ = [
     "fully_sharded",
     "batch_sharding",
     "shard_batch",
+    "tensor_parallel_rules",
     # seeing the model
     "summary",
     "Summary",

@@ -24,7 +24,7 @@ from jax.sharding import Mesh, PartitionSpec
 
 from jnn._params_check import path_name as leaf_path
 
-__all__ = ["partition_specs", "fully_sharded_specs"]
+__all__ = ["partition_specs", "fully_sharded_specs", "tensor_parallel_rules"]
 
 REPLICATED = PartitionSpec()
 """The spec of a leaf copied whole to every device."""
@@ -203,3 +203,43 @@ def fully_sharded_specs(tree: Any, mesh: Mesh, axis: str = "data", *, min_size: 
         raise ValueError(f"{name}: expected min_size >= 0, got {min_size}.")
     size = mesh.shape[axis]
     return jax.tree.map(lambda leaf: _fsdp_spec(leaf, axis, size, min_size), tree)
+
+
+def tensor_parallel_rules(axis: str = "model") -> list[tuple[str, PartitionSpec]]:
+    """Rules that split jnn's transformer blocks over mesh axis ``axis`` (Megatron style).
+
+    Every ``MultiHeadAttention`` splits its heads: the ``query``/``key``/``value`` kernels
+    ``[features, heads, head_dim]`` and their biases along the heads axis, the ``output``
+    kernel ``[heads, head_dim, features]`` along its first. Every ``TransformerBlock``'s
+    MLP splits its hidden units: ``mlp/dense_0`` by columns (weight and bias),
+    ``mlp/dense_1`` by rows. Each device then computes its heads and hidden units, and XLA
+    adds one all-reduce after the attention and one after the MLP. Embeddings and norms
+    are left to the other rules (replicated by default). With grouped heads the key and
+    value heads must be divisible by the axis size too.
+
+    Args:
+      axis: The mesh axis to split over.
+
+    Returns:
+      ``(pattern, PartitionSpec)`` pairs for ``partition_specs``, ``shard`` and
+      ``named_shardings``; put your own rules before or after them.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp, jnn
+      >>> model = jnn.TransformerLM(vocab_size=16, num_layers=1, features=8, num_heads=2)
+      >>> params = model.init(jax.random.key(0), jnp.zeros((1, 4), jnp.int32))
+      >>> specs = jnn.partition_specs(params, jnn.tensor_parallel_rules())
+      >>> mlp = specs["block_0"]["mlp"]
+      >>> tuple(mlp["dense_0"]["weight"]), tuple(mlp["dense_1"]["weight"])
+      ((None, 'model'), ('model', None))
+    """
+    if not isinstance(axis, str):
+        raise TypeError(f"tensor_parallel_rules: expected axis to be a str, got {axis!r}.")
+    return [
+        (r"attention/(query|key|value)/weight$", PartitionSpec(None, axis, None)),
+        (r"attention/(query|key|value)/bias$", PartitionSpec(axis, None)),
+        (r"attention/output/weight$", PartitionSpec(axis, None, None)),
+        (r"mlp/dense_0/weight$", PartitionSpec(None, axis)),
+        (r"mlp/dense_0/bias$", PartitionSpec(axis)),
+        (r"mlp/dense_1/weight$", PartitionSpec(axis, None)),
+    ]

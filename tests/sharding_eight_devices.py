@@ -33,14 +33,7 @@ def main() -> dict:
     step = jnn.make_train_step(model, loss, optimizer, jit=False)
     data = jnn.make_mesh((8,), ("data",))
     mesh = jnn.make_mesh((2, 4), ("data", "model"))
-    rules = [
-        (r"attention/(query|key|value)/weight$", P(None, "model", None)),
-        (r"attention/(query|key|value)/bias$", P("model", None)),
-        (r"attention/output/weight$", P("model", None, None)),
-        (r"mlp/dense_0/weight$", P(None, "model")),
-        (r"mlp/dense_0/bias$", P("model")),
-        (r"mlp/dense_1/weight$", P("model", None)),
-    ]
+    rules = jnn.tensor_parallel_rules("model")  # heads and MLP hidden units split 4 ways
 
     def train(state, on=None, keep_layout=False):
         """The hand-written loop: make_train_step under jax.jit, batches split by hand."""
