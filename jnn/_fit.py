@@ -168,8 +168,9 @@ def fit(
         keeps the layout it was given on ``mesh`` (``jnn.shard`` with tensor-parallel
         rules, ``jnn.fully_sharded``); leaves not yet on ``mesh`` are replicated. Every
         compiled step returns the state in that layout. ``batch_size`` must be a multiple
-        of the devices along ``batch_axis``. One process only: for several, see
-        ``jnn.shard_batch``.
+        of the devices along ``batch_axis``. In device mode every device holds a copy of
+        ``train_data``; in host mode each receives only its share of each batch. One
+        process only: for several, see ``jnn.shard_batch``.
       batch_axis: The mesh axis (or axes) the batches are split over, with ``mesh``.
       key: Only with plain params: the run's PRNG key.
       state: Only with plain params: the model state.

@@ -16,6 +16,7 @@ PAGES = [
     "transformer.md",
     "training.md",
     "checkpoints.md",
+    "scaling.md",
 ]
 
 

@@ -6,6 +6,7 @@ writes its files to ``--output-dir``, never to the working directory.
 
 import importlib.util
 import math
+import os
 import re
 import subprocess
 import sys
@@ -263,3 +264,26 @@ def test_char_transformer_cached_greedy_decoding_matches_the_full_forward_pass()
         logits = model.apply(params, sequence[None])[0, -1]
         sequence = jnp.append(sequence, jnp.argmax(logits).astype(jnp.int32))
     assert tokens.tolist() == sequence[3:].tolist()
+
+
+def test_data_parallel_smoke_on_eight_virtual_devices():
+    # A clean process: the example asks XLA for 8 CPU devices before JAX starts.
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"} | {"JAX_PLATFORMS": "cpu"}
+    run = subprocess.run(
+        [sys.executable, str(EXAMPLES / "data_parallel.py"), "--smoke"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    out = run.stdout
+    assert out.startswith("8 CPU devices\n")
+    rows = re.findall(
+        r"^(one device|data parallel|fully sharded|data 2 x tensor 4) +([\d.]+) MiB", out, re.M
+    )
+    sizes = {label: float(size) for label, size in rows}
+    assert len(sizes) == 4
+    assert sizes["fully sharded"] < sizes["data 2 x tensor 4"] < sizes["data parallel"]
+    worst = float(re.search(r"from one device's: (\S+)\n", out).group(1))
+    assert worst <= 1e-4
