@@ -26,6 +26,13 @@ WRITES = {
     "cnn_digits": ("cnn_digits_curve.png", "cnn_digits_history.jsonl", "cnn_digits_history.png"),
     "function_approximation": ("function_approximation.png",),
     "population": ("population.png",),
+    "recommender": ("recommender.png",),
+    "regression": ("regression.png",),
+    "autoencoder": (
+        "autoencoder_latent.png",
+        "autoencoder_reconstructions.png",
+        "autoencoder_samples.png",
+    ),
     "rnn_timeseries": ("rnn_timeseries.png",),
 }
 
@@ -38,6 +45,9 @@ PROGRESS = {
     "rnn_timeseries": ("err", r"epoch 3/3: .*\[\d\d:\d\d<.*loss=\d"),
     "text_classifier": ("err", r"epoch 1/1: .*\[\d\d:\d\d<.*loss=\d"),
     "char_transformer": ("out", r"step +5/5: train loss \d+\.\d+ bits/char, \d+\.\d s\n"),
+    "recommender": ("err", r"epoch 2/2: .*\[\d\d:\d\d<.*loss=\d"),
+    "regression": ("err", r"epoch 3/3: .*\[\d\d:\d\d<.*loss=\d"),
+    "autoencoder": ("err", r"epoch 2/2: .*\[\d\d:\d\d<.*loss=\d"),
     "population": ("out", r"epoch +2/2: train loss median \d+\.\d+; test accuracy .*\d+\.\d s\n"),
 }
 
@@ -46,6 +56,9 @@ def load(name):
     """Import ``examples/{name}.py`` as a module (examples/ is not a package)."""
     spec = importlib.util.spec_from_file_location(f"example_{name}", EXAMPLES / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
+    # registered first, as an import would: dataclasses (jnn.Module subclasses) look
+    # their module up to resolve string annotations
+    sys.modules[spec.name] = module
     spec.loader.exec_module(module)
     return module
 
