@@ -11,6 +11,7 @@ A model is an immutable object holding hyperparameters, with ``init`` and ``appl
 from jnn import activations, extend, initializers
 from jnn._adaptive_pooling import AdaptiveAvgPool, AdaptiveMaxPool, GlobalAvgPool, GlobalMaxPool
 from jnn._attention import MultiHeadAttention
+from jnn._attribution import integrated_gradients, saliency, smooth_grad
 from jnn._batch_norm import BatchNorm
 from jnn._batching import batches
 from jnn._bidirectional import Bidirectional
@@ -38,6 +39,7 @@ from jnn._conv import Conv
 from jnn._conv_transpose import ConvTranspose
 from jnn._dense import MLP, Dense
 from jnn._divergences import kl_divergence
+from jnn._drawing import draw_network
 from jnn._dropout import Dropout
 from jnn._early_stopping import EarlyStopping
 from jnn._embedding import Embedding
@@ -224,4 +226,9 @@ __all__ = [
     # profiling
     "profile_step",
     "StepProfile",
+    # attribution and drawing
+    "saliency",
+    "integrated_gradients",
+    "smooth_grad",
+    "draw_network",
 ]

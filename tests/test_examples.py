@@ -28,6 +28,7 @@ WRITES = {
     "population": ("population.png",),
     "recommender": ("recommender.png",),
     "regression": ("regression.png",),
+    "explain_digits": ("explain_digits.png", "explain_digits_network.png"),
     "autoencoder": (
         "autoencoder_latent.png",
         "autoencoder_reconstructions.png",
@@ -46,6 +47,7 @@ PROGRESS = {
     "text_classifier": ("err", r"epoch 1/1: .*\[\d\d:\d\d<.*loss=\d"),
     "char_transformer": ("out", r"step +5/5: train loss \d+\.\d+ bits/char, \d+\.\d s\n"),
     "recommender": ("err", r"epoch 2/2: .*\[\d\d:\d\d<.*loss=\d"),
+    "explain_digits": ("err", r"epoch 2/2: .*\[\d\d:\d\d<.*loss=\d"),
     "regression": ("err", r"epoch 3/3: .*\[\d\d:\d\d<.*loss=\d"),
     "autoencoder": ("err", r"epoch 2/2: .*\[\d\d:\d\d<.*loss=\d"),
     "population": ("out", r"epoch +2/2: train loss median \d+\.\d+; test accuracy .*\d+\.\d s\n"),
