@@ -28,6 +28,8 @@ WRITES = {
     "population": ("population.png",),
     "recommender": ("recommender.png",),
     "regression": ("regression.png",),
+    "augment_digits": ("augment_digits.png",),
+    "gan_digits": ("gan_digits_quality.png", "gan_digits_samples.png"),
     "explain_digits": ("explain_digits.png", "explain_digits_network.png"),
     "autoencoder": (
         "autoencoder_latent.png",
@@ -48,6 +50,11 @@ PROGRESS = {
     "char_transformer": ("out", r"step +5/5: train loss \d+\.\d+ bits/char, \d+\.\d s\n"),
     "recommender": ("err", r"epoch 2/2: .*\[\d\d:\d\d<.*loss=\d"),
     "explain_digits": ("err", r"epoch 2/2: .*\[\d\d:\d\d<.*loss=\d"),
+    "gan_digits": ("out", r"epoch +2/2: D loss \d+\.\d+, G loss \d+\.\d+, .* \d+\.\d s\n"),
+    "augment_digits": (
+        "out",
+        r"shifts and rotations +seed 0: test accuracy \d\.\d+ .*, \d+\.\d s\n",
+    ),
     "regression": ("err", r"epoch 3/3: .*\[\d\d:\d\d<.*loss=\d"),
     "autoencoder": ("err", r"epoch 2/2: .*\[\d\d:\d\d<.*loss=\d"),
     "population": ("out", r"epoch +2/2: train loss median \d+\.\d+; test accuracy .*\d+\.\d s\n"),
