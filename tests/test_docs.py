@@ -17,7 +17,14 @@ PAGES = [
     "training.md",
     "checkpoints.md",
     "scaling.md",
+    "regression.md",
+    "autoencoder.md",
+    "gan.md",
+    "augmentation.md",
+    "recommender.md",
+    "explain.md",
 ]
+# spoken_digits.md runs in tests/test_example_spoken_digits.py, which also checks its results.
 
 
 @pytest.mark.slow  # whole tutorials that train networks: run by `pytest -m slow` and CI
