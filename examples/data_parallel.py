@@ -29,7 +29,7 @@ more than 1e-4, relatively). It writes no files.
 
 Run:  python examples/data_parallel.py                   (8 virtual CPU devices on a CPU)
       python examples/data_parallel.py --cpu-devices 4 --model-axis 2
-      python examples/data_parallel.py --smoke           (4 steps of a tiny model, for CI)
+      python examples/data_parallel.py --smoke           (2 steps of a tiny model, for CI)
 """
 
 from __future__ import annotations
@@ -76,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
         "the largest of 4, 2 that divides the device count and the heads)",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the init and the data")
-    parser.add_argument("--smoke", action="store_true", help="4 steps of a tiny model (CI)")
+    parser.add_argument("--smoke", action="store_true", help="2 steps of a tiny model (CI)")
     return parser
 
 
@@ -134,8 +134,8 @@ def state_bytes_per_device(state) -> int:
 def main(argv=None) -> dict:
     args = build_parser().parse_args(argv)  # --help exits here, before JAX loads
     if args.smoke:
-        args.steps, args.features, args.layers, args.heads = 4, 32, 2, 4
-        args.batch_size, args.context = 16, 16
+        args.steps, args.features, args.layers, args.heads = 2, 16, 1, 4
+        args.batch_size, args.context = 8, 8
     request_cpu_devices(args.cpu_devices)
     import jax
     import optax
@@ -152,7 +152,7 @@ def main(argv=None) -> dict:
     steps = max(2, args.steps - args.steps % 2)
     train, test, vocab = load_windows(args.context, steps // 2 * args.batch_size, args.seed)
     if args.smoke:
-        test = (test[0][:64], test[1][:64])
+        test = (test[0][:16], test[1][:16])
     model = jnn.TransformerLM(
         vocab_size=vocab,
         num_layers=args.layers,

@@ -247,7 +247,8 @@ def test_make_mesh_uses_auto_axes():
 
 
 # ------------------------------------------------------------------------ 8 virtual devices
-# Whole training runs in subprocesses: the slow group (`pytest -m slow`, run by CI).
+# Whole training runs in subprocesses: the slow group (`pytest -m slow`, run by CI), all
+# on one xdist worker, so the 8-device run (the module fixture) happens once.
 
 HERE = Path(__file__).resolve().parent
 
@@ -283,6 +284,7 @@ def same_losses(eight, run):
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("eight_devices")
 def test_the_subprocess_sees_eight_devices(eight):
     assert eight["device_count"] == 8
     losses = eight["reference"]["losses"]
@@ -290,6 +292,7 @@ def test_the_subprocess_sees_eight_devices(eight):
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("eight_devices")
 def test_data_parallel_matches_one_device(eight):
     same_losses(eight, "data_parallel")
     run = eight["data_parallel"]
@@ -298,6 +301,7 @@ def test_data_parallel_matches_one_device(eight):
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("eight_devices")
 def test_fsdp_matches_one_device_and_holds_an_eighth_of_each_large_leaf(eight):
     same_losses(eight, "fsdp")
     run = eight["fsdp"]
@@ -316,6 +320,7 @@ def test_fsdp_matches_one_device_and_holds_an_eighth_of_each_large_leaf(eight):
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("eight_devices")
 def test_data_and_tensor_parallel_on_a_2x4_mesh_matches_one_device(eight):
     same_losses(eight, "tensor_parallel")
     specs = eight["tensor_parallel"]["specs"]
@@ -329,6 +334,7 @@ def test_data_and_tensor_parallel_on_a_2x4_mesh_matches_one_device(eight):
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("eight_devices")
 def test_errors_on_eight_devices_name_the_path_the_spec_and_the_shape(eight):
     errors = eight["errors"]
     assert errors["not_divisible"] == (
@@ -348,6 +354,7 @@ def test_errors_on_eight_devices_name_the_path_the_spec_and_the_shape(eight):
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("eight_devices")
 def test_fit_on_a_mesh_matches_one_device_in_both_modes(eight):
     reference = eight["fit_reference"]
     assert reference["mode"] == "device"
@@ -369,6 +376,7 @@ def test_fit_on_a_mesh_matches_one_device_in_both_modes(eight):
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("eight_devices")
 def test_a_checkpoint_saved_on_one_mesh_resumes_on_another(eight):
     resumed = eight["resumed"]  # epoch 1 fully sharded on 8 devices, epoch 2 on 2x4
     assert resumed["initial_epoch"] == 1
@@ -381,6 +389,7 @@ def test_a_checkpoint_saved_on_one_mesh_resumes_on_another(eight):
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("eight_devices")
 def test_batch_norm_statistics_cover_the_whole_batch_across_devices(eight):
     # 16 examples on 8 devices is 2 per device: per-device statistics would differ widely
     norm = eight["batch_norm"]
@@ -389,6 +398,7 @@ def test_batch_norm_statistics_cover_the_whole_batch_across_devices(eight):
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("eight_devices")
 def test_batch_and_fit_errors_name_the_sizes_and_the_axis(eight):
     errors = eight["errors"]
     assert errors["batch_rows"] == (
@@ -407,6 +417,7 @@ def test_batch_and_fit_errors_name_the_sizes_and_the_axis(eight):
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("eight_devices")
 def test_per_device_bytes_by_strategy(eight):
     # FSDP and tensor parallelism hold less per device than replication; the numbers are
     # the ones docs/scaling.md reports.
@@ -419,6 +430,7 @@ def test_per_device_bytes_by_strategy(eight):
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("eight_devices")
 def test_the_eight_device_checks_stay_fast(eight):
     assert eight["seconds"] < 240  # about 60 s alone on 2 cores
 
