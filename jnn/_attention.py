@@ -15,7 +15,7 @@ import jax.numpy as jnp
 
 from jnn import initializers
 from jnn._checks import check_positive_int, check_rank, is_apply_check
-from jnn._dot_product_attention import attend
+from jnn._dot_product_attention import attend, structured_mask
 from jnn._errors import DTypeError, MissingKeyError, ShapeError
 from jnn._kv_cache import (
     Cache,
@@ -25,7 +25,7 @@ from jnn._kv_cache import (
     visible_positions,
     write_cache,
 )
-from jnn._masks import as_4d, check_attention_mask, combine_masks
+from jnn._masks import as_4d, check_attention_mask, check_lengths, combine_masks
 from jnn._module import Module, Params
 from jnn._positional import _check_base, rotary_embedding
 from jnn._scope import child_key
@@ -58,6 +58,16 @@ class MultiHeadAttention(Module):
     A query row whose mask is all ``False`` attends to nothing: its attention result is
     zero (not NaN, not a uniform average), so the layer outputs ``output/bias`` there.
 
+    **Causal and padding masks without a mask array.** ``causal=True`` lets query ``i``
+    attend to keys ``j <= i`` only, and ``apply(..., kv_lengths=lengths)`` hides the keys
+    at positions ``j >= lengths[b]`` (as ``mask=padding_mask(lengths, kv_len)`` does).
+    When no ``mask`` is given and ``jax.nn.dot_product_attention`` runs (see
+    ``implementation``), they reach it as ``is_causal=True`` and
+    ``key_value_seq_lengths``: no ``[q_len, kv_len]`` mask is built, and cuDNN's fused
+    kernel (``implementation="cudnn"``) skips the hidden blocks. With a ``mask``, on the
+    einsum path, with dropout or with a KV cache they are folded into one boolean mask;
+    every path gives the same values and gradients.
+
     Without attention dropout (at inference, or ``dropout_rate=0``) the layer calls
     ``jax.nn.dot_product_attention`` on accelerators, which can run it as one fused
     kernel, and on a CPU writes it out as two einsums and a softmax, which XLA runs
@@ -74,7 +84,9 @@ class MultiHeadAttention(Module):
     explicit argument rather than the layer's ``state``: it exists only while decoding,
     has a size (``max_length``) that ``init`` cannot know, and is reset per sequence. As
     a keyword of ``apply`` it passes through a composite's ``scope("attention", layer,
-    x, cache=...)``. Caching covers self-attention only.
+    x, cache=...)``. Caching covers self-attention only. A cached call always uses an
+    explicit mask: its queries sit at positions ``index ... index + length - 1`` of the
+    cache, not at ``0 ... length - 1`` as ``is_causal`` assumes.
 
     Args:
       num_heads: Number of query heads.
@@ -100,6 +112,8 @@ class MultiHeadAttention(Module):
         the einsum form on a CPU (faster there). ``"einsum"`` forces the einsum form;
         ``"xla"`` and ``"cudnn"`` force ``jax.nn.dot_product_attention`` with that
         implementation (``"cudnn"``: cuDNN's fused kernel on NVIDIA GPUs, fp16/bf16).
+      causal: Let query ``i`` attend to keys ``j <= i`` only (self-attention in a
+        decoder). A KV cache is causal whatever this says.
 
     Shapes:
       ``init`` takes a batched sample: ``query`` ``[batch, q_len, q_features]`` and
@@ -111,8 +125,9 @@ class MultiHeadAttention(Module):
       always read as one sequence.
       The output is ``[batch, q_len, features]``. ``mask`` broadcasts to ``[batch,
       num_heads, q_len, kv_len]`` (``kv_len`` is the cache's ``max_length`` when
-      decoding). ``init`` creates, with ``h = num_heads``, ``k = num_kv_heads`` and
-      ``d = head_dim``::
+      decoding); ``kv_lengths`` is integer ``[batch]`` (a scalar for one unbatched
+      sequence) with values in ``[0, kv_len]``. ``init`` creates, with ``h =
+      num_heads``, ``k = num_kv_heads`` and ``d = head_dim``::
 
         {"query":  {"weight": [q_features, h, d],  "bias": [h, d]},
          "key":    {"weight": [kv_features, k, d], "bias": [k, d]},
@@ -124,14 +139,16 @@ class MultiHeadAttention(Module):
 
     Raises:
       ShapeError: If an input has the wrong rank, its last dimension differs from the
-        one set at init, the mask does not broadcast to the logits, or the cache does
-        not fit (wrong shapes, or, when ``index`` is concrete, too few positions left).
-      DTypeError: If an input is not floating point, the mask is not boolean, or the
-        cache index is not an integer.
+        one set at init, the mask does not broadcast to the logits, ``kv_lengths`` has
+        the wrong shape, or the cache does not fit (wrong shapes, or, when ``index`` is
+        concrete, too few positions left).
+      DTypeError: If an input is not floating point, the mask is not boolean, or
+        ``kv_lengths`` or the cache index is not an integer.
       MissingKeyError: If training with ``dropout_rate > 0`` and no ``key``.
-      ValueError: When the compiled program runs, if a traced cache ``index`` (under
-        ``jit`` or ``scan``) has too few positions left; it names the index and the
-        cache's ``max_length`` and arrives wrapped in JAX's runtime error.
+      ValueError: If concrete ``kv_lengths`` lie outside ``[0, kv_len]`` (traced ones
+        are not checked). And when the compiled program runs, if a traced cache
+        ``index`` (under ``jit`` or ``scan``) has too few positions left; it names the
+        index and the cache's ``max_length`` and arrives wrapped in JAX's runtime error.
 
     Examples:
       >>> import jax, jax.numpy as jnp
@@ -144,6 +161,9 @@ class MultiHeadAttention(Module):
       >>> y = layer.apply(params, x, mask=causal_mask(5))
       >>> y.shape
       (2, 5, 16)
+      >>> decoder = MultiHeadAttention(num_heads=4, num_kv_heads=2, causal=True)
+      >>> bool(jnp.allclose(decoder.apply(params, x), y, atol=1e-6))
+      True
       >>> cache = layer.init_cache(params, batch_size=2, max_length=8)
       >>> step, cache = layer.apply(params, x[:, :1], cache=cache)
       >>> step.shape, int(cache["index"])
@@ -162,6 +182,7 @@ class MultiHeadAttention(Module):
     b_init: Callable = initializers.zeros
     param_dtype: Any = jnp.float32
     implementation: str | None = None
+    causal: bool = False
 
     def __post_init__(self):
         name = self.layer_name()
@@ -240,7 +261,9 @@ class MultiHeadAttention(Module):
                 f"(query shape {tuple(query.shape)}).",
             )
 
-    def check_inputs(self, params: Params, query, key_value=None, *, mask=None, cache=None):
+    def check_inputs(
+        self, params: Params, query, key_value=None, *, mask=None, cache=None, kv_lengths=None
+    ):
         """Check inputs, mask and cache against the params before the generic check."""
         self._check_sequences(query, key_value)
         # Missing or mis-shaped params are left to the generic check that follows.
@@ -262,11 +285,15 @@ class MultiHeadAttention(Module):
             # Unbatched inputs get a batch axis of 1 inside, so a mask may have one too.
             batch = query.shape[0] if query.ndim == 3 else 1
             check_attention_mask(self, mask, (batch, self.num_heads, query.shape[-2], kv_len))
+        if kv_lengths is not None:
+            check_lengths(self, kv_lengths, tuple(query.shape[:-2]), kv_len, "kv_lengths")
 
     # ----------------------------------------------------------------- init
 
-    def init(self, key: jax.Array, query, key_value=None, *, mask=None, cache=None) -> Params:
-        del mask, cache  # apply's keywords arrive here too; the params do not depend on them
+    def init(
+        self, key: jax.Array, query, key_value=None, *, mask=None, cache=None, kv_lengths=None
+    ) -> Params:
+        del mask, cache, kv_lengths  # apply's keywords arrive here; params do not depend on them
         # init needs a batched sample, except when apply runs it on its own inputs to
         # check the params: those may be one unbatched example (jax.vmap).
         self._check_sequences(query, key_value, batched=not is_apply_check())
@@ -334,6 +361,7 @@ class MultiHeadAttention(Module):
         *,
         mask: jax.Array | None = None,
         cache: Cache | None = None,
+        kv_lengths: jax.Array | None = None,
         key: jax.Array | None = None,
         is_training: bool = False,
     ) -> jax.Array | tuple[jax.Array, Cache]:
@@ -345,6 +373,8 @@ class MultiHeadAttention(Module):
                 "dropout. Hint: pass key=jax.random.key(...) to apply, or is_training=False.",
             )
         batched = query.ndim == 3
+        if kv_lengths is not None:  # int32, as jax.nn.dot_product_attention wants
+            kv_lengths = jnp.asarray(kv_lengths, jnp.int32).reshape(-1)
         if not batched:  # one code path: add a batch axis of 1, drop it at the end
             query = query[None]
             key_value = None if key_value is None else key_value[None]
@@ -360,13 +390,19 @@ class MultiHeadAttention(Module):
             q = rotary_embedding(q, start + jnp.arange(length), self.rope_base)
             k = rotary_embedding(k, start + jnp.arange(k.shape[1]), self.rope_base)
         mask = None if mask is None else as_4d(jnp.asarray(mask))
+        causal = self.causal
         if cache is not None:
             check_room(self, start, length, cache["key"].shape[1])
             k, v, cache = write_cache(cache, k, v)
-            mask = as_4d(combine_masks(mask, visible_positions(start, length, k.shape[1])))
+            # Queries sit at start + t, so is_causal (aligned at 0) would be wrong here.
+            visible = visible_positions(start, length, k.shape[1])
+            mask = structured_mask(
+                combine_masks(mask, visible), length, k.shape[1], False, kv_lengths
+            )
+            mask, causal, kv_lengths = as_4d(mask), False, None
         k, v = k.astype(q.dtype), v.astype(q.dtype)
         dropout_key = child_key(key, "dropout") if rate else None
-        out = attend(q, k, v, mask, self.implementation, rate, dropout_key)
+        out = attend(q, k, v, mask, self.implementation, rate, dropout_key, causal, kv_lengths)
         y = jnp.einsum("bthd,hdf->btf", out, params["output"]["weight"])
         if self.use_bias:
             y = y + params["output"]["bias"]

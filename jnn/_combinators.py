@@ -283,7 +283,9 @@ class Repeat(Module):
       block: The layer to repeat; it must map its input to the same shape and dtype.
       count: Number of copies.
       remat: Wrap each block in ``jax.checkpoint``: recompute activations in the
-        backward pass instead of storing them (less memory, more compute).
+        backward pass instead of storing them (less memory, more compute). ``True``
+        saves nothing but the block's inputs; a policy from ``jax.checkpoint_policies``
+        (e.g. ``dots_with_no_batch_dims_saveable``) chooses what else is kept.
 
     Shapes:
       ``x`` to ``x.shape``; params ``[count, *block_param_shape]``.
@@ -298,7 +300,7 @@ class Repeat(Module):
 
     block: Module
     count: int
-    remat: bool = False
+    remat: bool | Callable = False
 
     def __post_init__(self):
         if not isinstance(self.block, Module):
@@ -346,14 +348,26 @@ class Repeat(Module):
             self._check_same(h, y)
             return y, s
 
-        if self.remat:
-            body = jax.checkpoint(body)
+        body = remat_block(body, self.remat, in_scan=True)
         try:
             y, new_state = jax.lax.scan(body, x, (params, state, jnp.arange(self.count)))
         except LayerError as error:
             error.path.insert(0, "block")
             raise
         return y, new_state
+
+
+def remat_block(fn: Callable, remat: bool | Callable, in_scan: bool = False) -> Callable:
+    """``fn`` under ``jax.checkpoint`` (``remat`` is ``True`` or a checkpoint policy),
+    or ``fn`` itself when ``remat`` is ``False``.
+
+    In a ``scan`` body the recomputation cannot be merged with the forward pass, so
+    ``prevent_cse`` (which costs optimizations) is needed only outside one.
+    """
+    if not remat:
+        return fn
+    policy = None if remat is True else remat
+    return jax.checkpoint(fn, policy=policy, prevent_cse=not in_scan)
 
 
 class FunctionModule(Module):

@@ -168,3 +168,30 @@ def check_attention_mask(owner: Any, mask: Any, target: tuple[int, int, int, int
 def as_4d(mask: jax.Array) -> jax.Array:
     """``mask`` with leading axes of 1 up to rank 4 ``[batch, heads, q_len, kv_len]``."""
     return mask.reshape((1,) * (4 - mask.ndim) + mask.shape)
+
+
+def check_lengths(owner: Any, lengths: Any, batch: tuple[int, ...], kv_len: int, what: str) -> None:
+    """Raise unless ``lengths`` are integers of shape ``batch`` (``()`` for one unbatched
+    sequence) and, when concrete, in ``[0, kv_len]``; ``what`` is the argument's name."""
+    dtype = jnp.result_type(lengths)
+    if not jnp.issubdtype(dtype, jnp.integer):
+        raise DTypeError(
+            layer_name(owner),
+            f"expected integer {what} (the number of real keys of each sequence), got dtype "
+            f"{dtype}. Hint: for a boolean mask of the real keys pass mask=padding_mask(m).",
+        )
+    shape = tuple(jnp.shape(lengths))
+    if shape != batch:
+        layout = "[batch]" if batch else "a scalar for one unbatched sequence"
+        raise ShapeError(
+            layer_name(owner), f"expected {what} {layout} of shape {batch}, got shape {shape}."
+        )
+    if is_concrete(lengths):
+        values = np.asarray(lengths)
+        bad = (values < 0) | (values > kv_len)
+        if bad.any():
+            check_values(
+                owner,
+                ~bad,
+                f"expected {what} in [0, {kv_len}] (the keys' length), got {values[bad].tolist()}.",
+            )
