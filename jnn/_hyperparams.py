@@ -92,15 +92,17 @@ def _matches(value: Any, tp: Any) -> bool:
     return True  # an annotation this checker does not read
 
 
-def _describe(tp: Any) -> str:
+def _describe(tp: Any, field: str = "") -> str:
     if tp is type(None) or tp is None:
         return "None"
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     if origin in (typing.Union, types.UnionType):
-        return " or ".join(dict.fromkeys(_describe(a) for a in args))
+        return " or ".join(dict.fromkeys(_describe(a, field) for a in args))
     if origin is typing.Literal:
         return "one of " + ", ".join(repr(a) for a in args)
     if tp is collections.abc.Callable or origin is collections.abc.Callable:
+        if field == "remat":
+            return "a jax.checkpoint policy (e.g. jax.checkpoint_policies.nothing_saveable)"
         return "a function (e.g. jnn.relu)"
     if origin in (tuple, collections.abc.Sequence, list):
         if origin is tuple and args and not (len(args) == 2 and args[1] is Ellipsis):
@@ -190,7 +192,7 @@ def install_validation(cls: type) -> None:
                 value = bound.arguments[name]
                 if not _matches(value, tp):
                     raise TypeError(
-                        f"{cls.__name__}: {name} must be {_describe(tp)}, got {value!r} "
+                        f"{cls.__name__}: {name} must be {_describe(tp, name)}, got {value!r} "
                         f"({type(value).__name__}).{_hint(value, tp)}"
                     )
                 if name.endswith("_init") and callable(value) and _is_factory(value):

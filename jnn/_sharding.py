@@ -216,9 +216,15 @@ def batch_sharding(mesh: Mesh, axis: str | tuple[str, ...] = "data") -> NamedSha
 def checked_batch_sharding(name: str, mesh: Mesh, axis: str | tuple[str, ...]) -> NamedSharding:
     """``batch_sharding`` for ``name`` (its errors name the caller)."""
     _check_mesh(name, mesh)
-    for one in (axis,) if isinstance(axis, str) else tuple(axis):
+    axes = (axis,) if isinstance(axis, str) else axis
+    if not (isinstance(axes, tuple | list) and axes and all(isinstance(a, str) for a in axes)):
+        raise TypeError(
+            f"{name}: expected the batch axis to be a mesh axis name or a tuple of them, got "
+            f"{axis!r}."
+        )
+    for one in axes:
         _check_axis(name, mesh, one)
-    return NamedSharding(mesh, PartitionSpec(axis))
+    return NamedSharding(mesh, PartitionSpec(axis if isinstance(axis, str) else tuple(axes)))
 
 
 def _axis_size(mesh: Mesh, axis: str | tuple[str, ...]) -> int:

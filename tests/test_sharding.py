@@ -233,6 +233,10 @@ def test_fit_refuses_a_bad_mesh_and_a_population_on_a_mesh(two_class_data):
     mesh = make_mesh((1,), ("data",))
     with pytest.raises(ValueError, match=r"fit: mesh axis 'batch' is not in the mesh"):
         jnn.fit(model, state, loss, optimizer, (x, y), mesh=mesh, batch_axis="batch")
+    with pytest.raises(
+        TypeError, match=r"fit: expected the batch axis to be a mesh axis name or a tuple"
+    ):
+        jnn.fit(model, state, loss, optimizer, (x, y), mesh=mesh, batch_axis=3)
     population = jax.vmap(lambda k: jnn.init_train_state(model, optimizer, k, x[:1]))(
         jax.random.split(jax.random.key(0), 2)
     )

@@ -120,7 +120,7 @@ def test_remat_policy_in_repeat(key):
         chex.assert_trees_all_close(
             jax.grad(lambda p, deep=deep: deep.apply(p, x).sum())(params), grads, atol=1e-6
         )
-    with pytest.raises(TypeError, match=r"Repeat: remat must be a bool or a function"):
+    with pytest.raises(TypeError, match=r"Repeat: remat must be a bool or a jax.checkpoint policy"):
         jnn.Repeat(block, count=3, remat="full")
 
 
@@ -217,7 +217,9 @@ def test_layout_errors(key, tokens):
         match=r"TransformerLM: got params with 'blocks' for scan_blocks=False, which expects 'block_0'\. Hint: convert them with model\.unstack_blocks\(params\)\.",
     ):
         unrolled.apply(stacked, tokens)
-    with pytest.raises(TypeError, match=r"TransformerLM: remat must be a bool or a function"):
+    with pytest.raises(
+        TypeError, match=r"TransformerLM: remat must be a bool or a jax.checkpoint policy"
+    ):
         make(remat="dots")
 
 
