@@ -5,7 +5,6 @@ callbacks, checkpoints and resume, and populations of runs."""
 from __future__ import annotations
 
 import functools
-import math
 from typing import Any, NamedTuple
 
 import jax
@@ -21,7 +20,7 @@ from jnn._epochs import EpochRunner
 from jnn._fit_support import ProgressBar, Resume, choose_mode, epoch_logs, evaluate_state
 from jnn._loops import Layout, Programs, copy, empty_tally
 from jnn._module import Module, Params, State
-from jnn._sharding import checked_batch_sharding, on_mesh
+from jnn._sharding import axis_size, checked_batch_sharding, on_mesh
 from jnn._step import pure_step
 from jnn._train_checks import (
     Batch,
@@ -345,7 +344,7 @@ def _place(name, ts, mesh, batch_axis, batch_size, population):
             "with jnn.shard_batch and step with jnn.make_train_step."
         )
     batches = checked_batch_sharding(name, mesh, batch_axis)
-    devices = math.prod(mesh.shape[a] for a in jax.tree.leaves(batch_axis))
+    devices = axis_size(mesh, batch_axis)
     if batch_size % devices:
         raise ValueError(
             f"{name}: batch_size {batch_size} cannot be split evenly over the {devices} "

@@ -92,16 +92,7 @@ def padding_mask(valid: jax.typing.ArrayLike, length: int | None = None) -> jax.
     if length is None:
         raise ShapeError(name, "integer lengths need length=kv_len, the padded length.")
     check_positive_int(name, "length", length)
-    if is_concrete(valid):
-        lengths = np.asarray(valid)
-        bad = (lengths < 0) | (lengths > length)
-        if bad.any():
-            check_values(
-                name,
-                ~bad,
-                f"expected lengths in [0, {length}] (the padded length), got "
-                f"{lengths[bad].tolist()} at {np.flatnonzero(bad).tolist()}.",
-            )
+    check_length_range(name, valid, length, "lengths", "the padded length")
     return (jnp.arange(length) < valid[:, None])[:, None, None, :]
 
 
@@ -186,12 +177,20 @@ def check_lengths(owner: Any, lengths: Any, batch: tuple[int, ...], kv_len: int,
         raise ShapeError(
             layer_name(owner), f"expected {what} {layout} of shape {batch}, got shape {shape}."
         )
-    if is_concrete(lengths):
-        values = np.asarray(lengths)
-        bad = (values < 0) | (values > kv_len)
-        if bad.any():
-            check_values(
-                owner,
-                ~bad,
-                f"expected {what} in [0, {kv_len}] (the keys' length), got {values[bad].tolist()}.",
-            )
+    check_length_range(owner, lengths, kv_len, what, "the keys' length")
+
+
+def check_length_range(owner: Any, lengths: Any, length: int, what: str, meaning: str) -> None:
+    """Raise if concrete ``lengths`` fall outside ``[0, length]``, naming the bad values and
+    where they are; traced lengths are left to the caller."""
+    if not is_concrete(lengths):
+        return
+    values = np.asarray(lengths)
+    bad = (values < 0) | (values > length)
+    if bad.any():
+        check_values(
+            owner,
+            ~bad,
+            f"expected {what} in [0, {length}] ({meaning}), got {values[bad].tolist()} at "
+            f"{np.flatnonzero(bad).tolist()}.",
+        )

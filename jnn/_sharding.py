@@ -227,7 +227,7 @@ def checked_batch_sharding(name: str, mesh: Mesh, axis: str | tuple[str, ...]) -
     return NamedSharding(mesh, PartitionSpec(axis if isinstance(axis, str) else tuple(axes)))
 
 
-def _axis_size(mesh: Mesh, axis: str | tuple[str, ...]) -> int:
+def axis_size(mesh: Mesh, axis: str | tuple[str, ...]) -> int:
     return math.prod(mesh.shape[a] for a in ((axis,) if isinstance(axis, str) else axis))
 
 
@@ -266,14 +266,14 @@ def shard_batch(batch: Any, mesh: Mesh, axis: str | tuple[str, ...] = "data") ->
     name = "shard_batch"
     sharding = checked_batch_sharding(name, mesh, axis)
     processes = jax.process_count()
-    local = _axis_size(mesh, axis) // processes if processes > 1 else _axis_size(mesh, axis)
+    local = axis_size(mesh, axis) // processes  # this process's devices along axis
     flat, treedef = jax.tree_util.tree_flatten_with_path(batch)
     for path, leaf in flat:
         shape = np.shape(leaf)
         where = f"the batch leaf '{leaf_path(path)}'" if path else "the batch"
         if not shape:
             raise ValueError(f"{name}: {where} is a scalar; expected a leading batch axis.")
-        if local and shape[0] % max(local, 1):
+        if local and shape[0] % local:
             raise ValueError(
                 f"{name}: {where} has shape {shape}; its leading size {shape[0]} is not "
                 f"divisible by the {local} devices of mesh axis {axis!r}"

@@ -115,3 +115,20 @@ def torch_rnn_params_to_jnn(t, kind, suffix="_l0"):
         params["input"]["bias"] = jnp.concatenate([b_ih[: 2 * n] + b_hh[: 2 * n], b_ih[2 * n :]])
         params["hidden"]["bias"] = b_hh[2 * n :]
     return params
+
+
+@pytest.fixture
+def empty_cwd(tmp_path, monkeypatch):
+    """Run the test from an empty working directory, and check it is still empty after:
+    examples are run from anywhere, and nothing they write may land there."""
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    yield cwd
+    assert not list(cwd.iterdir()), "the example wrote into the working directory"
+
+
+@pytest.fixture
+def output_dir(tmp_path):
+    """A folder for an example's --output-dir; missing, so the example must create it."""
+    return tmp_path / "outputs" / "run"

@@ -1,27 +1,15 @@
 """examples/augment_digits.py: the augmentations, pixel by pixel, under jit and vmap, and a
 smoke run."""
 
-import importlib.util
 import re
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from example_scripts import load
 
 import jnn
-
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
-
-
-def load(name):
-    """Import ``examples/{name}.py`` as a module (examples/ is not a package)."""
-    spec = importlib.util.spec_from_file_location(f"example_{name}", EXAMPLES / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
 
 augment = load("augment_digits")
 IMAGES = jnp.arange(1, 2 * 8 * 8 * 3 + 1, dtype=jnp.float32).reshape(2, 8, 8, 3) / 400
@@ -182,13 +170,8 @@ def test_setting_limits():
 
 
 @pytest.mark.slow
-def test_augment_digits_smoke(tmp_path, monkeypatch, capsys):
-    cwd = tmp_path / "cwd"
-    cwd.mkdir()
-    monkeypatch.chdir(cwd)
-    output_dir = tmp_path / "outputs" / "run"  # missing: the example must create it
+def test_augment_digits_smoke(empty_cwd, output_dir, capsys):
     result = augment.main(["--smoke", "--width", "4", "--output-dir", str(output_dir)])
-    assert not list(cwd.iterdir()), "the example wrote into the working directory"
     assert list(result["accuracy"]) == ["none", "shifts and rotations"]
     for summary in result["accuracy"].values():
         assert len(summary["values"]) == 1 and 0.0 <= summary["mean"] <= 1.0

@@ -2,24 +2,14 @@
 the closed-form KL against Monte Carlo and a NumPy formula, the keys of the
 reparameterisation, the loss and the baseline."""
 
-import importlib.util
 import math
 import re
-from pathlib import Path
 
 import numpy as np
 import pytest
+from example_scripts import EXAMPLES, load
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 FILES = ("autoencoder_latent.png", "autoencoder_reconstructions.png", "autoencoder_samples.png")
-
-
-def load(path: Path):
-    """Import a script by its path (examples/ is not a package)."""
-    spec = importlib.util.spec_from_file_location(f"example_{path.stem}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
@@ -27,18 +17,9 @@ def autoencoder():
     return load(EXAMPLES / "autoencoder.py")
 
 
-@pytest.fixture
-def run_dirs(tmp_path, monkeypatch):
-    cwd = tmp_path / "cwd"
-    cwd.mkdir()
-    monkeypatch.chdir(cwd)  # nothing may land in the working directory
-    yield tmp_path / "outputs" / "run"  # missing: the example must create it
-    assert not list(cwd.iterdir())
-
-
 @pytest.mark.slow
-def test_autoencoder_smoke_trains_both_models(autoencoder, run_dirs, capsys):
-    result = autoencoder.main(["--smoke", "--output-dir", str(run_dirs)])
+def test_autoencoder_smoke_trains_both_models(autoencoder, empty_cwd, output_dir, capsys):
+    result = autoencoder.main(["--smoke", "--output-dir", str(output_dir)])
     assert list(result["mse"]) == ["PCA", "autoencoder", "VAE"]
     assert all(math.isfinite(value) and value > 0 for value in result["mse"].values())
     assert result["mse"]["PCA"] == pytest.approx(0.0530, abs=0.01)  # PCA on 256 images
@@ -60,15 +41,15 @@ def test_autoencoder_smoke_trains_both_models(autoencoder, run_dirs, capsys):
     assert "target: the autoencoder's MSE below PCA's, the VAE's negative ELBO below " in (
         captured.out
     )
-    paths = sorted(run_dirs / name for name in FILES)
-    assert sorted(run_dirs.iterdir()) == paths
+    paths = sorted(output_dir / name for name in FILES)
+    assert sorted(output_dir.iterdir()) == paths
     for path in paths:
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert f"saved {path.resolve()}\n" in captured.out
 
 
 @pytest.mark.slow
-def test_autoencoder_smoke_one_model_with_a_larger_code(autoencoder, run_dirs, capsys):
+def test_autoencoder_smoke_one_model_with_a_larger_code(autoencoder, empty_cwd, output_dir, capsys):
     result = autoencoder.main(
         [
             "--smoke",
@@ -79,14 +60,14 @@ def test_autoencoder_smoke_one_model_with_a_larger_code(autoencoder, run_dirs, c
             "--hidden",
             "16",
             "--output-dir",
-            str(run_dirs),
+            str(output_dir),
         ]
     )
     assert list(result["mse"]) == ["PCA", "autoencoder"]
     assert result["runs"]["autoencoder"]["code"].shape == (450, 5)  # drawn through PCA
     captured = capsys.readouterr()
     assert "target: the autoencoder's MSE below PCA's; " in captured.out
-    assert sorted(p.name for p in run_dirs.iterdir()) == sorted(FILES[:2])  # no VAE samples
+    assert sorted(p.name for p in output_dir.iterdir()) == sorted(FILES[:2])  # no VAE samples
 
 
 def test_closed_form_kl_matches_numpy_and_monte_carlo(autoencoder):

@@ -1,35 +1,14 @@
 """examples/explain_digits.py: the smoke run end to end, and its deletion test on a toy."""
 
-import importlib.util
 import re
-from pathlib import Path
 
 import numpy as np
 import pytest
-
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
-
-
-def load(name):
-    """Import ``examples/{name}.py`` as a module (examples/ is not a package)."""
-    spec = importlib.util.spec_from_file_location(f"example_{name}", EXAMPLES / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-@pytest.fixture(autouse=True)
-def _run_in_an_empty_directory(tmp_path, monkeypatch):
-    cwd = tmp_path / "cwd"
-    cwd.mkdir()
-    monkeypatch.chdir(cwd)
-    yield
-    assert not list(cwd.iterdir()), "the example wrote into the working directory"
+from example_scripts import load
 
 
 @pytest.mark.slow
-def test_explain_digits_smoke(tmp_path, capsys):
-    output_dir = tmp_path / "outputs" / "run"  # missing: the example must create it
+def test_explain_digits_smoke(empty_cwd, output_dir, capsys):
     result = load("explain_digits").main(
         ["--smoke", "--width", "8", "--output-dir", str(output_dir)]
     )

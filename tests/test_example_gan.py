@@ -1,25 +1,13 @@
 """examples/gan_digits.py: the jitted two-network step, the judge's numbers, and a smoke run."""
 
-import importlib.util
 import re
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
-
-
-def load(name):
-    """Import ``examples/{name}.py`` as a module (examples/ is not a package)."""
-    spec = importlib.util.spec_from_file_location(f"example_{name}", EXAMPLES / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
+from example_scripts import load
 
 gan = load("gan_digits")
 
@@ -148,13 +136,8 @@ def test_mosaic_tiles_images_with_gaps():
 
 
 @pytest.mark.slow
-def test_gan_digits_smoke(tmp_path, monkeypatch, capsys):
-    cwd = tmp_path / "cwd"
-    cwd.mkdir()
-    monkeypatch.chdir(cwd)
-    output_dir = tmp_path / "outputs" / "run"  # missing: the example must create it
+def test_gan_digits_smoke(empty_cwd, output_dir, capsys):
     result = gan.main(["--smoke", "--samples", "200", "--output-dir", str(output_dir)])
-    assert not list(cwd.iterdir()), "the example wrote into the working directory"
     scores = result["scores"]
     assert list(scores) == ["GAN", "real held-out", "independent pixels", "uniform noise"]
     for score in scores.values():

@@ -2,23 +2,12 @@
 run end to end (marked slow), and the pieces it is made of on hand-made cases."""
 
 import gzip
-import importlib.util
 import math
 import re
-from pathlib import Path
 
 import numpy as np
 import pytest
-
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
-
-
-def load(path: Path):
-    """Import a script by its path (examples/ is not a package)."""
-    spec = importlib.util.spec_from_file_location(f"example_{path.stem}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from example_scripts import EXAMPLES, load
 
 
 @pytest.fixture(scope="module")
@@ -32,13 +21,8 @@ def make_ratings():
 
 
 @pytest.mark.slow
-def test_recommender_smoke(recommender, tmp_path, monkeypatch, capsys):
-    cwd = tmp_path / "cwd"
-    cwd.mkdir()
-    monkeypatch.chdir(cwd)  # nothing may land in the working directory
-    output_dir = tmp_path / "outputs" / "run"  # missing: the example must create it
+def test_recommender_smoke(recommender, empty_cwd, output_dir, capsys):
     result = recommender.main(["--smoke", "--output-dir", str(output_dir)])
-    assert not list(cwd.iterdir())
     rmse, recall = result["rmse"], result["recall"]
     assert list(rmse) == ["global mean", "user + item biases", "matrix factorisation", "two-tower"]
     assert list(recall) == ["popularity", "matrix factorisation", "two-tower"]

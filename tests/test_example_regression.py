@@ -1,23 +1,12 @@
 """examples/regression.py: the smoke run end to end (marked slow), and its data split and
 scores on hand-made cases."""
 
-import importlib.util
 import math
 import re
-from pathlib import Path
 
 import numpy as np
 import pytest
-
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
-
-
-def load(path: Path):
-    """Import a script by its path (examples/ is not a package)."""
-    spec = importlib.util.spec_from_file_location(f"example_{path.stem}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from example_scripts import EXAMPLES, load
 
 
 @pytest.fixture(scope="module")
@@ -26,13 +15,8 @@ def regression():
 
 
 @pytest.mark.slow
-def test_regression_smoke(regression, tmp_path, monkeypatch, capsys):
-    cwd = tmp_path / "cwd"
-    cwd.mkdir()
-    monkeypatch.chdir(cwd)  # nothing may land in the working directory
-    output_dir = tmp_path / "outputs" / "run"  # missing: the example must create it
+def test_regression_smoke(regression, empty_cwd, output_dir, capsys):
     result = regression.main(["--smoke", "--output-dir", str(output_dir)])
-    assert not list(cwd.iterdir())
     for name in ("mlp", "linear", "ridge"):
         assert sorted(result[name]) == ["mae", "r2", "rmse"]
         assert all(math.isfinite(value) for value in result[name].values())

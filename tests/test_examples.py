@@ -4,20 +4,18 @@ Each one also answers ``--help`` without loading JAX, shows progress while it tr
 writes its files to ``--output-dir``, never to the working directory.
 """
 
-import importlib.util
 import math
 import os
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
+from example_scripts import EXAMPLES, load
 
 # Whole training scripts: kept out of the default run, run by `pytest -m slow` (and CI).
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("empty_cwd")]
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 NAMES = sorted(p.stem for p in EXAMPLES.glob("*.py"))
 
 # The files each example writes to --output-dir (the others write none; population only
@@ -61,32 +59,6 @@ PROGRESS = {
     "autoencoder": ("err", r"epoch 2/2: .*\[\d\d:\d\d<.*loss=\d"),
     "population": ("out", r"epoch +2/2: train loss median \d+\.\d+; test accuracy .*\d+\.\d s\n"),
 }
-
-
-def load(name):
-    """Import ``examples/{name}.py`` as a module (examples/ is not a package)."""
-    spec = importlib.util.spec_from_file_location(f"example_{name}", EXAMPLES / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    # registered first, as an import would: dataclasses (jnn.Module subclasses) look
-    # their module up to resolve string annotations
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-@pytest.fixture(autouse=True)
-def _run_in_an_empty_directory(tmp_path, monkeypatch):
-    # Examples are run from anywhere; nothing they write may land in the working directory.
-    cwd = tmp_path / "cwd"
-    cwd.mkdir()
-    monkeypatch.chdir(cwd)
-    yield
-    assert not list(cwd.iterdir()), "the example wrote into the working directory"
-
-
-@pytest.fixture
-def output_dir(tmp_path):
-    return tmp_path / "outputs" / "run"  # missing: the example must create it
 
 
 def check_run(name, captured, output_dir=None):
