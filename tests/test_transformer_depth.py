@@ -73,16 +73,16 @@ def test_scanned_equals_unrolled_in_values_and_gradients(key, tokens, use_rope, 
         logits = lm.apply(params, tokens[:, :-1])
         return jnn.softmax_cross_entropy_with_integer_labels(logits, tokens[:, 1:])
 
-    reference = make(use_rope=use_rope).apply(params, tokens)
-    np.testing.assert_allclose(unrolled.apply(params, tokens), reference, rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(scanned.apply(stacked, tokens), reference, rtol=1e-5, atol=1e-5)
-    grads = jax.grad(loss)(params, make(use_rope=use_rope))
-    chex.assert_trees_all_close(jax.grad(loss)(params, unrolled), grads, rtol=1e-5, atol=1e-6)
+    # Everything under jit: eager op-by-op dispatch of three blocks costs seconds per call.
+    forward = jax.jit(lambda p, lm: lm.apply(p, tokens), static_argnums=1)
+    gradient = jax.jit(jax.grad(loss), static_argnums=1)
+    reference = forward(params, make(use_rope=use_rope))
+    np.testing.assert_allclose(forward(params, unrolled), reference, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(forward(stacked, scanned), reference, rtol=1e-5, atol=1e-5)
+    grads = gradient(params, make(use_rope=use_rope))
+    chex.assert_trees_all_close(gradient(params, unrolled), grads, rtol=1e-5, atol=1e-6)
     chex.assert_trees_all_close(
-        jax.jit(jax.grad(loss), static_argnums=1)(stacked, scanned),
-        unrolled.stack_blocks(grads),
-        rtol=1e-5,
-        atol=1e-6,
+        gradient(stacked, scanned), unrolled.stack_blocks(grads), rtol=1e-5, atol=1e-6
     )
 
 
@@ -237,6 +237,7 @@ def test_remat_keeps_the_dropout_masks(key, tokens, scan_blocks):
     assert not np.allclose(
         plain.apply(params, tokens, key=key, is_training=True), plain.apply(params, tokens)
     )
+    gradient = jax.jit(jax.grad(loss), static_argnums=1)
     chex.assert_trees_all_close(
-        jax.grad(loss)(params, remat), jax.grad(loss)(params, plain), rtol=1e-4, atol=2e-5
+        gradient(params, remat), gradient(params, plain), rtol=1e-4, atol=2e-5
     )
