@@ -18,6 +18,7 @@ take about three minutes on a 2-core CPU. It writes no files.
 
 Run:  python examples/char_transformer.py
       python examples/char_transformer.py --steps 200 --prompt "The model "
+      python examples/char_transformer.py --precision bfloat16   (mixed precision)
       python examples/char_transformer.py --smoke   (5 steps and a short sample, for CI)
 """
 
@@ -64,6 +65,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.7,
         help="sampling temperature; 0 always picks the most likely character",
     )
+    parser.add_argument(
+        "--precision",
+        choices=["float32", "bfloat16", "float16"],
+        default="float32",
+        help="compute dtype (params stay float32; float16 adds dynamic loss scaling)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of init, batches and sampling")
     parser.add_argument("--smoke", action="store_true", help="a few steps, a short sample (CI)")
     return parser
@@ -94,7 +101,7 @@ def count_baseline_bits(train: np.ndarray, test: np.ndarray, vocab: int) -> tupl
     return float(unigram_bits), float(bigram_bits)
 
 
-def make_generate(model: jnn.TransformerLM):
+def make_generate(model: jnn.Module):
     """A jitted ``generate(params, prompt, key, temperature, steps=n) -> ids [n]``.
 
     ``prompt`` is ``[length]`` ids; ``temperature`` 0 picks the most likely character.
@@ -154,6 +161,10 @@ def main(argv=None) -> dict:
         max_length=args.context,  # the KV cache holds one training window
         dropout_rate=args.dropout,
     )
+    if args.precision != "float32":
+        # Params stay float32 (the optimizer's master copy); the forward and backward
+        # passes run in the chosen dtype; logits, and so the loss, come back in float32.
+        model = jnn.MixedPrecision(model, args.precision)
     init_key, sample_key = jax.random.split(jax.random.key(args.seed))
     schedule = optax.warmup_cosine_decay_schedule(
         0.0, args.learning_rate, min(100, args.steps // 10 + 1), args.steps
@@ -161,8 +172,9 @@ def main(argv=None) -> dict:
     optimizer = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(schedule))
     # Params, optimizer state, step count and the run's key (step i's dropout key is
     # jnn.step_key(state.key, i)), as one pytree.
+    loss_scale = jnn.DynamicLossScale() if args.precision == "float16" else None
     state = jnn.init_train_state(
-        model, optimizer, init_key, jnp.zeros((1, args.context), jnp.int32)
+        model, optimizer, init_key, jnp.zeros((1, args.context), jnp.int32), loss_scale=loss_scale
     )
     loss = jnn.softmax_cross_entropy_with_integer_labels
     step = jnn.make_train_step(model, loss, optimizer)  # donates the state: always rebind it

@@ -45,6 +45,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--depth", type=int, default=2, help="number of hidden layers")
     parser.add_argument("--learning-rate", type=float, default=1e-3, help="peak learning rate")
     parser.add_argument("--batch-size", type=int, default=64, help="images per training step")
+    parser.add_argument(
+        "--precision",
+        choices=["float32", "bfloat16", "float16"],
+        default="float32",
+        help="compute dtype (params stay float32; float16 adds dynamic loss scaling)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the init and the shuffles")
     parser.add_argument("--smoke", action="store_true", help="2 epochs on 256 examples (CI)")
     return parser
@@ -86,10 +92,15 @@ def main(argv=None) -> dict:
     #    {"dense_0": {"weight", "bias"}, ...}), the optimizer state, the step count and the
     #    run's key, as one pytree.
     model = build_model(args.width, args.depth)
+    if args.precision != "float32":  # float32 params, computation in the chosen dtype
+        model = jnn.MixedPrecision(model, args.precision)
+    loss_scale = jnn.DynamicLossScale() if args.precision == "float16" else None
     steps_per_epoch = len(x_train) // args.batch_size
     schedule = optax.cosine_decay_schedule(args.learning_rate, args.epochs * steps_per_epoch)
     optimizer = optax.adam(schedule)
-    state = jnn.init_train_state(model, optimizer, jax.random.key(args.seed), x_train[:1])
+    state = jnn.init_train_state(
+        model, optimizer, jax.random.key(args.seed), x_train[:1], loss_scale=loss_scale
+    )
     count = sum(p.size for p in jax.tree.leaves(state.params))
     print(f"model: {model}, {count:,} parameters")
     print(f"training {args.epochs} epochs (the first one compiles)")

@@ -50,6 +50,7 @@ from jnn._group_norm import GroupNorm
 from jnn._history_plot import plot_history
 from jnn._json_lines import JSONLinesLogger, history_from_json_lines, read_json_lines
 from jnn._loops import NonFiniteError
+from jnn._loss_scale import DynamicLossScale
 from jnn._masks import causal_mask, combine_masks, padding_mask
 from jnn._metrics import Mean, accuracy, confusion_matrix, top_k_accuracy
 from jnn._module import Module, Params, State
@@ -62,6 +63,7 @@ from jnn._positional import (
     rotary_embedding,
     sinusoidal_positions,
 )
+from jnn._precision import MixedPrecision, Policy
 from jnn._profile import StepProfile, profile_step
 from jnn._regression_losses import huber, mean_absolute_error, mean_squared_error
 from jnn._reshape import Flatten, Reshape
@@ -203,6 +205,10 @@ __all__ = [
     "as_callbacks",
     "plot_history",
     "freeze",
+    # mixed precision
+    "Policy",
+    "MixedPrecision",
+    "DynamicLossScale",
     # checkpoints
     "save_checkpoint",
     "load_checkpoint",

@@ -119,12 +119,11 @@ def flagged(core: Callable, policy: str) -> Callable:
             def keep(a, b):
                 return jax.tree.map(lambda x, y: jnp.where(bad, y, x), a, b)
 
-            out = TrainState(
-                keep(new.params, ts.params),
-                keep(new.opt_state, ts.opt_state),
-                keep(new.model_state, ts.model_state),
-                new.step,
-                ts.key,
+            out = new._replace(
+                params=keep(new.params, ts.params),
+                opt_state=keep(new.opt_state, ts.opt_state),
+                model_state=keep(new.model_state, ts.model_state),
+                key=ts.key,
             )
         values = jnp.stack([logs[k].astype(jnp.float32) for k in sorted(logs)])
         return out, values, code

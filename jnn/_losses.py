@@ -131,9 +131,18 @@ def in_range(
 
 
 def as_float(x: jax.typing.ArrayLike) -> jax.Array:
-    """``x`` as an array, promoting integers and booleans to the default float dtype."""
+    """``x`` as an array of at least float32: integers and booleans become the default
+    float dtype, and half precision (bfloat16, float16) becomes float32, so a loss is
+    computed and reduced in float32 whatever the model's compute dtype."""
     x = jnp.asarray(x)
-    return x if jnp.issubdtype(x.dtype, jnp.inexact) else x.astype(jnp.result_type(x, float))
+    if not jnp.issubdtype(x.dtype, jnp.inexact):
+        return x.astype(jnp.result_type(x, float))
+    return at_least_float32(x)
+
+
+def at_least_float32(x: jax.Array) -> jax.Array:
+    """``x`` unchanged if its dtype is float32 or wider, else cast to float32."""
+    return x.astype(jnp.promote_types(x.dtype, jnp.float32))
 
 
 def floating_input(name: str, x: jax.typing.ArrayLike, what: str, hint: str) -> jax.Array:
@@ -148,7 +157,7 @@ def floating_input(name: str, x: jax.typing.ArrayLike, what: str, hint: str) -> 
             f"expected floating-point {what}, got dtype {x.dtype}. Hint: {hint} If they "
             "really are scores, cast them first, e.g. x.astype(jnp.float32).",
         )
-    return x
+    return at_least_float32(x)
 
 
 def check_same_shape(

@@ -47,11 +47,14 @@ def all_finite(tree: Any) -> jax.Array:
     return jnp.all(jnp.stack(flags)) if flags else jnp.asarray(True)
 
 
-def _update(name, model, loss_fn, optimizer, metrics, params, opt_state, batch, state, key):
+def _update(
+    name, model, loss_fn, optimizer, metrics, params, opt_state, batch, state, key, scale=None
+):
     """Forward pass, loss, gradients and optimizer update: the arithmetic both step forms
-    share. ``state`` is the model state, or ``None`` for a stateless model.
+    share. ``state`` is the model state, or ``None`` for a stateless model; ``scale`` a
+    ``DynamicLossScale`` or ``None``.
 
-    Returns ``(params, opt_state, state, logs, finite)``.
+    Returns ``(params, opt_state, state, logs, finite, scale)``.
     """
     inputs, targets = split_batch(batch)
 
@@ -60,14 +63,31 @@ def _update(name, model, loss_fn, optimizer, metrics, params, opt_state, batch, 
             outputs, new_state = model.apply(p, *inputs, key=key, is_training=True), None
         else:
             outputs, new_state = model.apply(p, *inputs, state=state, key=key, is_training=True)
-        return check_loss_value(name, loss_fn(outputs, targets)), (outputs, new_state)
+        loss = check_loss_value(name, loss_fn(outputs, targets))
+        scaled = loss if scale is None else scale.scale_loss(loss)
+        return scaled, (loss, outputs, new_state)
 
-    (loss, (outputs, state)), grads = jax.value_and_grad(objective, has_aux=True)(params)
-    updates, opt_state = optimizer.update(grads, opt_state, params)
-    params = optax.apply_updates(params, updates)
+    (_, (loss, outputs, new_state)), grads = jax.value_and_grad(objective, has_aux=True)(params)
+    if scale is not None:
+        grads = scale.unscale(grads)
+    grads_finite = all_finite(grads)
+    updates, new_opt_state = optimizer.update(grads, opt_state, params)
+    new_params = optax.apply_updates(params, updates)
     logs = {"loss": loss, **metric_logs(name, metrics.items(), outputs, targets)}
-    finite = Finite(all_finite(inputs), jnp.isfinite(loss), all_finite(grads))
-    return params, opt_state, state, logs, finite
+    if scale is None:
+        finite = Finite(all_finite(inputs), jnp.isfinite(loss), grads_finite)
+        return new_params, new_opt_state, new_state, logs, finite, None
+    # Loss scaling expects overflow now and then: such a step changes nothing but the
+    # scale, and is not reported as a non-finite step.
+    new_params, new_opt_state, new_state = _where(
+        grads_finite, (new_params, new_opt_state, new_state), (params, opt_state, state)
+    )
+    finite = Finite(all_finite(inputs), jnp.isfinite(loss), jnp.asarray(True))
+    return new_params, new_opt_state, new_state, logs, finite, scale.adjust(grads_finite)
+
+
+def _where(condition: jax.Array, new: Any, old: Any) -> Any:
+    return jax.tree.map(lambda a, b: jnp.where(condition, a, b), new, old)
 
 
 def pure_step(
@@ -82,12 +102,13 @@ def pure_step(
 
     def step(ts: TrainState, batch: Any) -> tuple[TrainState, dict, Finite]:
         stateful = bool(jax.tree.leaves(ts.model_state))
-        params, opt_state, model_state, logs, finite = _update(
+        params, opt_state, model_state, logs, finite, scale = _update(
             name, model, loss_fn, optimizer, metrics, ts.params, ts.opt_state, batch,
-            ts.model_state if stateful else None, step_key(ts.key, ts.step),
+            ts.model_state if stateful else None, step_key(ts.key, ts.step), ts.loss_scale,
         )  # fmt: skip
         model_state = model_state if stateful else ts.model_state
-        return TrainState(params, opt_state, model_state, ts.step + 1, ts.key), logs, finite
+        new = TrainState(params, opt_state, model_state, ts.step + 1, ts.key, scale)
+        return new, logs, finite
 
     return step
 
@@ -206,7 +227,7 @@ def _legacy_step(name: str, model: Module, loss_fn: LossFn, optimizer: Any, metr
     """``step(params, opt_state, batch, key=None, state=None)``: the form before TrainState."""
 
     def step(params, opt_state, batch, key=None, state=None):
-        params, opt_state, new_state, logs, _ = _update(
+        params, opt_state, new_state, logs, _, _ = _update(
             name, model, loss_fn, optimizer, metrics, params, opt_state, batch, state, key
         )
         if state is None:

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import optax
 
 from jnn._checks import check_params_leaves
+from jnn._loss_scale import DynamicLossScale
 from jnn._module import Module, Params, State
 from jnn._train_checks import as_typed_key, check_model, check_optimizer
 
@@ -48,6 +49,8 @@ class TrainState(NamedTuple):
     """int32 scalar: the number of batches trained on so far."""
     key: jax.Array
     """The run's PRNG key (a typed key array); it stays the same for the whole run."""
+    loss_scale: DynamicLossScale | None = None
+    """A ``jnn.DynamicLossScale`` for float16 training, or ``None`` (no loss scaling)."""
 
     @classmethod
     def create(
@@ -58,6 +61,7 @@ class TrainState(NamedTuple):
         key: jax.Array,
         model_state: State | None = None,
         step: int = 0,
+        loss_scale: DynamicLossScale | None = None,
     ) -> TrainState:
         """A fresh train state for ``params``: ``optimizer.init(params)`` and step 0.
 
@@ -72,6 +76,8 @@ class TrainState(NamedTuple):
             is converted).
           model_state: The model's state, from ``init_with_state``; ``None`` for none.
           step: The step count to start from.
+          loss_scale: A ``jnn.DynamicLossScale`` when the model computes in float16
+            (``jnn.MixedPrecision``); ``None`` for no loss scaling.
 
         Raises:
           TypeError: If ``optimizer`` is not an optax transformation, ``key`` is not a
@@ -89,6 +95,11 @@ class TrainState(NamedTuple):
         check_params_leaves(name, params)
         check_optimizer(name, optimizer)
         key = as_typed_key(name, key)
+        if loss_scale is not None and not isinstance(loss_scale, DynamicLossScale):
+            raise TypeError(
+                f"{name}: loss_scale must be a jnn.DynamicLossScale or None, got "
+                f"{type(loss_scale).__name__}."
+            )
         params = jax.tree.map(jnp.asarray, params)
         return cls(
             params=params,
@@ -96,6 +107,7 @@ class TrainState(NamedTuple):
             model_state={} if model_state is None else model_state,
             step=jnp.asarray(step, jnp.int32),
             key=key,
+            loss_scale=loss_scale,
         )
 
 
@@ -104,6 +116,7 @@ def init_train_state(
     optimizer: optax.GradientTransformation,
     key: jax.Array,
     *sample_inputs: Any,
+    loss_scale: DynamicLossScale | None = None,
     **kwargs: Any,
 ) -> TrainState:
     """Initialise ``model`` on ``sample_inputs`` and wrap it in a ``TrainState``.
@@ -117,6 +130,7 @@ def init_train_state(
       key: A PRNG key.
       *sample_inputs: Inputs (or ``jax.ShapeDtypeStruct``s) with a batch axis, as for
         ``model.init``.
+      loss_scale: A ``jnn.DynamicLossScale`` for float16 training, or ``None``.
       **kwargs: Passed on to ``model.init_with_state``.
 
     Returns:
@@ -134,7 +148,9 @@ def init_train_state(
     key = as_typed_key(name, key)
     init_key, run_key = jax.random.split(key)
     params, model_state = model.init_with_state(init_key, *sample_inputs, **kwargs)
-    return TrainState.create(params, optimizer, key=run_key, model_state=model_state)
+    return TrainState.create(
+        params, optimizer, key=run_key, model_state=model_state, loss_scale=loss_scale
+    )
 
 
 def step_key(key: jax.Array, step: Any) -> jax.Array:
