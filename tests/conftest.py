@@ -44,7 +44,6 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-
 # Precision. On a CPU, float32 matrix products and convolutions are computed in full
 # float32. On NVIDIA GPUs JAX's default lets them use TF32 (a 10-bit mantissa, relative
 # error about 1e-3), and on TPUs bfloat16 passes, so a check against NumPy written with

@@ -17,6 +17,7 @@ PAGES = [
     "training.md",
     "checkpoints.md",
     "scaling.md",
+    "accelerators.md",
     "regression.md",
     "autoencoder.md",
     "gan.md",
