@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from jnn import initializers
-from jnn._checks import check_positive_int, check_rank, is_apply_check
+from jnn._checks import check_positive_int, check_rank, is_apply_check, is_shape_trace
 from jnn._dot_product_attention import attend, structured_mask
 from jnn._errors import DTypeError, MissingKeyError, ShapeError
 from jnn._kv_cache import (
@@ -349,6 +349,20 @@ class MultiHeadAttention(Module):
 
     # ----------------------------------------------------------------- apply
 
+    def _implementation_for(self, dtype: Any, dropout_rate: float) -> str | None:
+        """``implementation``, checked against the dtype when cuDNN is forced."""
+        if self.implementation != "cudnn" or dropout_rate or dtype in (jnp.float16, jnp.bfloat16):
+            return self.implementation
+        if is_shape_trace():  # init traces shapes only; the portable form gives the same
+            return None
+        raise DTypeError(
+            self.layer_name(),
+            f"implementation='cudnn' runs cuDNN's fused kernel, which takes float16 or "
+            f"bfloat16, got {jnp.dtype(dtype).name} queries. Hint: compute in bfloat16 with "
+            "jnn.MixedPrecision(model, jnp.bfloat16), or leave implementation=None to let "
+            "JAX choose.",
+        )
+
     def _project(self, params: Params, x: jax.Array) -> jax.Array:
         y = jnp.einsum("btf,fhd->bthd", x, params["weight"])
         return y + params["bias"] if self.use_bias else y
@@ -402,7 +416,8 @@ class MultiHeadAttention(Module):
             mask, causal, kv_lengths = as_4d(mask), False, None
         k, v = k.astype(q.dtype), v.astype(q.dtype)
         dropout_key = child_key(key, "dropout") if rate else None
-        out = attend(q, k, v, mask, self.implementation, rate, dropout_key, causal, kv_lengths)
+        implementation = self._implementation_for(q.dtype, rate)
+        out = attend(q, k, v, mask, implementation, rate, dropout_key, causal, kv_lengths)
         y = jnp.einsum("bthd,hdf->btf", out, params["output"]["weight"])
         if self.use_bias:
             y = y + params["output"]["bias"]

@@ -29,12 +29,27 @@ __all__ = [
     "check_values",
     "check_at_run_time",
     "is_apply_check",
+    "is_shape_trace",
     "raise_at_run_time",
 ]
 
 # True while ``apply`` traces a leaf's ``init`` on apply's own inputs, to compare the
 # params it was given with those ``init`` would make (see ``jnn._module``).
 APPLY_CHECK = contextvars.ContextVar("jnn_apply_check", default=False)
+
+
+# True while a composite's ``init`` traces ``forward`` abstractly (``jax.eval_shape``)
+# to learn its children's input shapes: nothing is computed, only shapes and dtypes.
+SHAPE_TRACE = contextvars.ContextVar("jnn_shape_trace", default=False)
+
+
+def is_shape_trace() -> bool:
+    """Whether ``apply`` is being traced only for shapes, inside a composite's ``init``.
+
+    A layer may then take any path that gives the same shapes and dtypes: attention
+    forced to cuDNN (which refuses float32) traces the portable form instead.
+    """
+    return SHAPE_TRACE.get()
 
 
 def is_apply_check() -> bool:

@@ -20,6 +20,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from jnn._checks import SHAPE_TRACE
 from jnn._errors import LayerError, MissingKeyError, ParamsError, layer_name
 
 __all__ = ["Scope", "child_key"]
@@ -295,7 +296,11 @@ def init_composite(module, key, inputs, kwargs) -> tuple[Params, State]:
         record, _ = _trace(module, xs, kw, {})
         records.update(record.children)
 
-    jax.eval_shape(trace, inputs, kwargs)
+    token = SHAPE_TRACE.set(True)
+    try:
+        jax.eval_shape(trace, inputs, kwargs)
+    finally:
+        SHAPE_TRACE.reset(token)
     return _materialize(records, key)
 
 

@@ -327,3 +327,25 @@ def test_character_transformer_beats_bigram_counts_in_bfloat16(empty_cwd):
     args = ["--precision", "bfloat16", "--steps", "300", "--features", "64", "--context", "32"]
     result = load("char_transformer").main([*args, "--batch-size", "16", "--sample-length", "20"])
     assert result["test_bits"] < result["bigram_bits"]
+
+
+def test_cudnn_attention_inits_in_float32_and_runs_under_a_bfloat16_policy(key, monkeypatch):
+    """cuDNN's kernel takes only float16/bfloat16: init (a shape trace) must not reach it
+    with float32, apply in float32 is refused by name, and under the policy it gets bf16."""
+    tokens = jnp.zeros((2, 8), jnp.int32)
+    lm = jnn.TransformerLM(20, 1, features=16, num_heads=2, max_length=8, implementation="cudnn")
+    params = lm.init(key, tokens)  # no cuDNN involved, whatever the backend
+    with pytest.raises(jnn.DTypeError, match=r"MultiHeadAttention at 'block_0/attention': "
+                       r"implementation='cudnn' .* float16 or bfloat16, got float32"):  # fmt: skip
+        lm.apply(params, tokens)
+    calls = []
+    real = jax.nn.dot_product_attention
+
+    def recording(q, k, v, *args, implementation=None, **kwargs):
+        calls.append((q.dtype, implementation))
+        return real(q, k, v, *args, implementation=None, **kwargs)  # cuDNN needs a GPU
+
+    monkeypatch.setattr(jax.nn, "dot_product_attention", recording)
+    out = jnn.MixedPrecision(lm, jnp.bfloat16).apply(params, tokens)
+    assert out.dtype == jnp.float32
+    assert calls and set(calls) == {(BF16, "cudnn")}
