@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import math
 import sys
 import time
 from collections.abc import Callable
@@ -41,10 +43,67 @@ def jax_runner(call: Callable, state, params) -> Runner:
     return Runner(run, count, first)
 
 
-def torch_runner(model, x, y, learning_rate: float) -> Runner:
-    """A PyTorch training step: forward, cross-entropy, backward, Adam."""
+@functools.cache
+def torch_device():
+    """The device every PyTorch implementation runs on: the first CUDA GPU when PyTorch
+    sees one, else the CPU.
+
+    On a GPU, float32 matmuls are allowed TF32 (``set_float32_matmul_precision("high")``),
+    which is JAX's default there, so float32 workloads compare like with like; and a first
+    small matmul creates the CUDA context and cuBLAS's handle outside any measurement.
+    """
     import torch
 
+    if not torch.cuda.is_available():
+        return torch.device("cpu")
+    device = torch.device("cuda")
+    torch.set_float32_matmul_precision("high")
+    a = torch.ones((256, 256), device=device)
+    (a @ a).sum().item()
+    return device
+
+
+def torch_sync() -> None:
+    """Wait for the GPU's queued work (PyTorch launches kernels asynchronously)."""
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def describe_torch_device() -> str:
+    """``"cuda (<GPU name>)"`` or ``"cpu"``: where the PyTorch implementations ran."""
+    import torch
+
+    device = torch_device()
+    if device.type == "cuda":
+        return f"cuda ({torch.cuda.get_device_name(device)})"
+    return device.type
+
+
+def torch_timed(one: Callable[[], None], count: int) -> Runner:
+    """A runner of ``one()``, one PyTorch training step; the GPU is synchronized before
+    every clock reading, so queued kernels are counted where they run."""
+    start = time.perf_counter()
+    one()
+    torch_sync()
+    first = time.perf_counter() - start
+
+    def run(n: int) -> None:
+        for _ in range(n):
+            one()
+        torch_sync()
+
+    return Runner(run, count, first)
+
+
+def torch_runner(model, x, y, learning_rate: float) -> Runner:
+    """A PyTorch training step: forward, cross-entropy, backward, Adam; the model and
+    the batch moved to ``torch_device()`` first."""
+    import torch
+
+    device = torch_device()
+    model, x, y = model.to(device), x.to(device), y.to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=learning_rate)
     loss_fn = torch.nn.CrossEntropyLoss()
 
@@ -54,20 +113,17 @@ def torch_runner(model, x, y, learning_rate: float) -> Runner:
         loss.backward()
         optimizer.step()
 
-    count = sum(p.numel() for p in model.parameters())
-    start = time.perf_counter()
-    one()
-    first = time.perf_counter() - start
-
-    def run(n: int) -> None:
-        for _ in range(n):
-            one()
-
-    return Runner(run, count, first)
+    return torch_timed(one, sum(p.numel() for p in model.parameters()))
 
 
-def matmul_gflops(sizes=(512, 1024, 2048), repeats: int = 20, dtype: str = "float32") -> float:
-    """The machine's square-matmul rate under XLA: the best over sizes and repeats."""
+def matmul_gflops(
+    sizes=(512, 1024, 2048), repeats: int = 20, dtype: str = "float32", calls: int = 1
+) -> float:
+    """The machine's square-matmul rate under XLA: the best over sizes and repeats.
+
+    Each repeat times ``calls`` matmuls queued back to back and waited for once, so on
+    an accelerator the dispatch and the wait are spread over several kernels.
+    """
     import jax
     import jax.numpy as jnp
 
@@ -79,10 +135,24 @@ def matmul_gflops(sizes=(512, 1024, 2048), repeats: int = 20, dtype: str = "floa
         best = float("inf")
         for _ in range(repeats):
             start = time.perf_counter()
-            jax.block_until_ready(matmul(a))
-            best = min(best, time.perf_counter() - start)
+            out = [matmul(a) for _ in range(calls)]
+            jax.block_until_ready(out)
+            best = min(best, (time.perf_counter() - start) / calls)
         rates.append(2 * size**3 / best / 1e9)
     return max(rates)
+
+
+def device_matmul_gflops(dtype: str) -> float:
+    """``matmul_gflops`` sized for the backend: squares up to 8192 on an accelerator
+    (large enough to reach its peak), the former CPU sizes on a CPU (smaller ones in
+    bfloat16, which XLA's CPU code runs far slower than float32)."""
+    import jax
+
+    if jax.default_backend() != "cpu":
+        return matmul_gflops((2048, 4096, 8192), repeats=10, dtype=dtype, calls=10)
+    if dtype == "float32":
+        return matmul_gflops()
+    return matmul_gflops((256, 512), repeats=5, dtype=dtype)
 
 
 def calibrate(runner: Runner, target_seconds: float) -> int:
@@ -97,17 +167,48 @@ def calibrate(runner: Runner, target_seconds: float) -> int:
         n *= 4
 
 
-def interleaved_rounds(runners: dict[str, Runner], steps: int, rounds: int) -> dict[str, list]:
-    """Seconds per step of each runner, over ``rounds`` rounds in rotating order."""
+def interleaved_rounds(
+    runners: dict[str, Runner], steps: int, rounds: int, start: int = 0
+) -> dict[str, list]:
+    """Seconds per step of each runner, over ``rounds`` rounds in rotating order; ``start``
+    continues the rotation of an earlier call that ran ``start`` rounds."""
     names = list(runners)
     times: dict[str, list[float]] = {name: [] for name in names}
-    for r in range(rounds):
+    for r in range(start, start + rounds):
         order = names[r % len(names) :] + names[: r % len(names)]
         for name in order:
-            start = time.perf_counter()
+            begin = time.perf_counter()
             runners[name].run(steps)
-            times[name].append((time.perf_counter() - start) / steps)
+            times[name].append((time.perf_counter() - begin) / steps)
     return times
+
+
+def plan_rounds(
+    seconds_left: float | None,
+    round_seconds: float,
+    build_seconds: float,
+    max_rounds: int,
+    max_builds: int,
+    min_rounds: int = 3,
+) -> tuple[int, int]:
+    """How many timed rounds and fresh-build (first-call) rounds fit in ``seconds_left``.
+
+    ``round_seconds`` is the measured length of one timed round (every implementation's
+    block), ``build_seconds`` that of one build of every implementation. Without a budget
+    (``None``) the maxima are returned. Otherwise: ``min_rounds`` timed rounds always;
+    then builds, with at most half of what is left; then more timed rounds, and builds
+    again with whatever those leave. Step times are the main result, so they come first.
+    """
+    if seconds_left is None:
+        return max_rounds, max_builds
+    rounds = min(max_rounds, min_rounds)
+    left = seconds_left - rounds * round_seconds
+    builds = min(max_builds, max(0, math.floor(left / 2 / max(build_seconds, 1e-9))))
+    left -= builds * build_seconds
+    more = min(max_rounds - rounds, max(0, math.floor(left / max(round_seconds, 1e-9))))
+    rounds, left = rounds + more, left - more * round_seconds
+    builds += min(max_builds - builds, max(0, math.floor(left / max(build_seconds, 1e-9))))
+    return rounds, builds
 
 
 def clear_caches() -> None:
