@@ -23,16 +23,19 @@ from jnn._module import Module, Params, State
 __all__ = ["Policy", "MixedPrecision"]
 
 
-def _floating_dtype(owner: str, name: str, value: Any) -> np.dtype:
+def _floating_dtype(
+    owner: str,
+    name: str,
+    value: Any,
+    expected: str = "a floating-point dtype such as jnp.bfloat16 or 'float32'",
+) -> np.dtype:
     try:  # jnp.dtype(None) would mean float64
         dtype = None if value is None else jnp.dtype(value)
     except TypeError:
         dtype = None
     if dtype is None or not jnp.issubdtype(dtype, jnp.floating):
-        raise TypeError(
-            f"{owner}: {name} must be a floating-point dtype such as jnp.bfloat16 or "
-            f"'float32', got {value!r}."
-        )
+        shown = repr(value) if dtype is None else f"{dtype.name} (not floating point)"
+        raise TypeError(f"{owner}: {name} must be {expected}, got {shown}.")
     return dtype
 
 
@@ -146,7 +149,9 @@ class MixedPrecision(Module):
                 f"MixedPrecision: model must be a jnn.Module, got {type(self.model).__name__}."
             )
         if not isinstance(self.policy, Policy):
-            object.__setattr__(self, "policy", Policy(compute_dtype=self.policy))
+            expected = "a jnn.Policy or a floating-point compute dtype such as jnp.bfloat16"
+            dtype = _floating_dtype("MixedPrecision", "policy", self.policy, expected)
+            object.__setattr__(self, "policy", Policy(compute_dtype=dtype))
 
     def layer_name(self) -> str:
         # Errors are about the model: they name it, as if it ran alone.

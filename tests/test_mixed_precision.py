@@ -201,6 +201,11 @@ def test_wrapper_errors_name_the_wrapper_or_the_model(key):
     with pytest.raises(TypeError, match=r"MixedPrecision: model must be a Module, got"):
         jnn.MixedPrecision(lambda x: x)
     with pytest.raises(TypeError, match=r"Policy: compute_dtype must be a floating-point"):
+        jnn.Policy(compute_dtype="int8")
+    with pytest.raises(
+        TypeError,
+        match=r"MixedPrecision: policy must be a jnn.Policy or a floating-point compute dtype .*, got int8 \(not floating point\)",
+    ):
         jnn.MixedPrecision(jnn.Dense(2), "int8")
     mixed = jnn.MixedPrecision(jnn.Dense(2))
     params = mixed.init(key, jnp.ones((1, 3)))
