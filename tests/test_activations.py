@@ -1,6 +1,7 @@
 """Activations and initializers: the jax.nn functions, checked against NumPy formulas."""
 
 import jax
+import jax.extend
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -81,3 +82,30 @@ def test_simple_initializers(key):
     q = init.orthogonal()(key, (6, 6))
     np.testing.assert_allclose(q @ q.T, np.eye(6), atol=1e-5)
     assert jax.tree.leaves(q)[0].dtype == jnp.float32
+
+
+def _equations(jaxpr):
+    for eqn in jaxpr.eqns:
+        yield eqn
+        for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+            yield from _equations(sub)
+
+
+@pytest.mark.parametrize("name", ["softmax", "log_softmax"])
+def test_softmax_normalises_half_precision_in_float32(name):
+    """Under a bfloat16 policy the exp and the normalising sum run in float32, and the
+    result keeps the input's dtype."""
+    fn = getattr(jnn, name)
+    x = jnp.linspace(-3.0, 3.0, 2048, dtype=jnp.float32).astype(jnp.bfloat16)
+    eqns = list(_equations(jax.make_jaxpr(fn)(x).jaxpr))
+    for primitive in ("exp", "reduce_sum"):
+        dtypes = {str(e.outvars[0].aval.dtype) for e in eqns if e.primitive.name == primitive}
+        assert dtypes == {"float32"}, (primitive, dtypes)
+    out = fn(x)
+    assert out.dtype == jnp.bfloat16
+    expected = REFERENCES[name](np.asarray(x, np.float64))
+    np.testing.assert_allclose(np.asarray(out, np.float64), expected, rtol=1e-2, atol=1e-5)
+    # axis is honoured: uniform over the two rows of each column.
+    np.testing.assert_allclose(
+        fn(np.ones((2, 3), np.float32), axis=0), REFERENCES[name](np.ones(2))[0] * np.ones((2, 3))
+    )
