@@ -161,13 +161,23 @@ def _normalise(value: Any, tp: Any) -> Any:
     return value
 
 
-def _call_error(cls: type, signature: inspect.Signature, args: tuple, error: TypeError) -> str:
+def _call_error(
+    cls: type, signature: inspect.Signature, args: tuple, kwargs: dict, error: TypeError
+) -> str:
     from jnn._module import Module
 
     message = f"{cls.__name__}{signature}: {error}."
     message = message.replace("__init__() ", "").replace("..", ".")
     if any(isinstance(a, Module) for a in args[1:]):
         message += f" Hint: pass several layers as one list, e.g. {cls.__name__}([a, b])."
+    if "dtype" in kwargs and "dtype" not in signature.parameters:
+        # Flax's per-layer computation dtype: jnn sets it once, for a whole model.
+        message += (
+            " Hint: jnn layers take no computation dtype; run the whole model in one with "
+            "jnn.MixedPrecision(model, jnp.bfloat16)"
+            + (", and set the params' dtype with param_dtype." if "param_dtype" in
+               signature.parameters else ".")
+        )  # fmt: skip
     return message
 
 
@@ -185,7 +195,7 @@ def install_validation(cls: type) -> None:
             try:
                 bound = signature.bind(self, *args, **kwargs)
             except TypeError as error:
-                raise TypeError(_call_error(cls, shown, (self, *args), error)) from None
+                raise TypeError(_call_error(cls, shown, (self, *args), kwargs, error)) from None
             for name, tp in _field_types(cls):
                 if name not in bound.arguments:
                     continue

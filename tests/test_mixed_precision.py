@@ -354,3 +354,12 @@ def test_cudnn_attention_inits_in_float32_and_runs_under_a_bfloat16_policy(key, 
     out = jnn.MixedPrecision(lm, jnp.bfloat16).apply(params, tokens)
     assert out.dtype == jnp.float32
     assert calls and set(calls) == {(BF16, "cudnn")}
+
+
+def test_a_flax_style_dtype_argument_points_to_the_policy():
+    with pytest.raises(TypeError, match=r"Dense\(.*unexpected keyword argument 'dtype'\. Hint: "
+                       r"jnn layers take no computation dtype; .*jnn.MixedPrecision\(model, "
+                       r"jnp.bfloat16\), and set the params' dtype with param_dtype\."):  # fmt: skip
+        jnn.Dense(3, dtype=jnp.bfloat16)
+    with pytest.raises(TypeError, match=r"MixedPrecision\(model, jnp.bfloat16\)\.$"):
+        jnn.MLP([3], dtype=jnp.bfloat16)
