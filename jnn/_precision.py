@@ -125,7 +125,7 @@ class MixedPrecision(Module):
     Args:
       model: Any ``jnn.Module``.
       policy: A ``jnn.Policy``, or just a compute dtype (``jnp.bfloat16`` or
-        ``"bfloat16"``), meaning ``Policy(compute_dtype=that)``.
+        ``"bfloat16"``), meaning ``Policy(compute_dtype=that)``; bfloat16 by default.
 
     Shapes:
       Those of ``model``; only floating-point dtypes change.
