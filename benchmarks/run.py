@@ -30,6 +30,7 @@ import platform
 import statistics
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from benchmarks import bidirectional, cnn, lm, lstm, mlp, transformer
@@ -98,7 +99,8 @@ def available(impl: str) -> bool:
     return library is None or importlib.util.find_spec(library) is not None
 
 
-def machine(impls: list[str]) -> dict:
+def machine(impls: Sequence[str] = ()) -> dict:
+    """Versions and devices; PyTorch's too when ``impls`` includes it."""
     import jax
 
     device = jax.devices()[0]
