@@ -316,11 +316,20 @@ class Repeat(Module):
         y = jax.eval_shape(
             lambda p, s, x, kw: self.block.apply(p, x, state=s, **kw)[0], *first, x, kwargs
         )
-        self._check_same(x, y)
+        # Params in another dtype than x (float32 params, bfloat16 activations: a
+        # mixed-precision policy casts them before apply) may promote the output here;
+        # apply checks the dtype again with the params it is given.
+        promoted = functools.reduce(
+            jnp.promote_types,
+            [a.dtype for a in jax.tree.leaves(first[0]) if jnp.issubdtype(a.dtype, jnp.inexact)],
+            jnp.result_type(x),
+        )
+        self._check_same(x, y, promoted)
         return params, state
 
-    def _check_same(self, x: Any, y: Any) -> None:
-        if jnp.shape(y) != jnp.shape(x) or jnp.result_type(y) != jnp.result_type(x):
+    def _check_same(self, x: Any, y: Any, also_allowed: Any = None) -> None:
+        dtype = jnp.result_type(y)
+        if jnp.shape(y) != jnp.shape(x) or dtype not in (jnp.result_type(x), also_allowed):
             raise ShapeError(
                 "Repeat",
                 f"the block must return its input's shape and dtype "

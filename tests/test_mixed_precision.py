@@ -363,3 +363,38 @@ def test_a_flax_style_dtype_argument_points_to_the_policy():
         jnn.Dense(3, dtype=jnp.bfloat16)
     with pytest.raises(TypeError, match=r"MixedPrecision\(model, jnp.bfloat16\)\.$"):
         jnn.MLP([3], dtype=jnp.bfloat16)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [dict(scan_blocks=True, remat=True), dict(remat=jax.checkpoint_policies.dots_saveable)],
+    ids=["scanned-remat", "unrolled-policy"],
+)
+def test_scanned_and_rematerialised_lm_under_the_policy(key, kwargs):
+    """Repeat's init check meets float32 params and bfloat16 activations: the promotion
+    the policy removes at apply is allowed there, and apply still checks the real dtypes."""
+    tokens = jax.random.randint(key, (2, 10), 0, 30)
+    lm = jnn.TransformerLM(30, 2, features=16, num_heads=2, max_length=10, **kwargs)
+    mixed = jnn.MixedPrecision(lm, jnp.bfloat16)
+    params = mixed.init(key, tokens)
+
+    def loss(p):
+        logits = mixed.apply(p, tokens[:, :-1])
+        return jnn.softmax_cross_entropy_with_integer_labels(logits, tokens[:, 1:])
+
+    assert {dtype for _, dtype in product_dtypes(loss, params)} == {"bfloat16"}
+    grads = jax.jit(jax.grad(loss))(params)
+    assert all(g.dtype == jnp.float32 for g in jax.tree.leaves(grads))
+    cache = mixed.init_cache(params, 2)
+    logits, _ = mixed.apply(params, tokens[:, :4], cache=cache)
+    np.testing.assert_allclose(logits, mixed.apply(params, tokens)[:, :4], rtol=0.1, atol=0.1)
+
+
+def test_repeat_still_refuses_a_block_that_changes_the_dtype_at_apply(key):
+    deep = jnn.Repeat(jnn.Dense(4), count=2)
+    params = deep.init(key, jnp.ones((1, 4), jnp.bfloat16))  # float32 params: allowed here
+    with pytest.raises(jnn.ShapeError, match=r"block must return its input's shape and dtype "
+                       r"\(1, 4\) bfloat16, got \(1, 4\) float32"):  # fmt: skip
+        deep.apply(params, jnp.ones((1, 4), jnp.bfloat16))
+    half = jax.tree.map(lambda a: a.astype(jnp.bfloat16), params)
+    assert deep.apply(half, jnp.ones((1, 4), jnp.bfloat16)).dtype == jnp.bfloat16
