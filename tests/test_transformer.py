@@ -76,7 +76,7 @@ def test_lm_ties_embeddings_and_trains(key):
         logits = lm.apply(p, tokens[:, :-1], key=key, is_training=True)
         return jnn.softmax_cross_entropy_with_integer_labels(logits, tokens[:, 1:])
 
-    grads = jax.grad(loss)(params)
+    grads = jax.jit(jax.grad(loss))(params)  # eager dispatch of the dropout graph is slow
     chex.assert_trees_all_equal_shapes(grads, params)
     assert float(jnp.abs(grads["embed"]["embedding"]).sum()) > 0
     untied = jnn.TransformerLM(30, 1, 16, 2, tie_embeddings=False).init(key, tokens)
