@@ -35,6 +35,13 @@ class Checkpointed(Module):
     def layer_name(self) -> str:
         return self.block.layer_name()
 
+    def wrapped_model(self) -> Module:
+        """The block, whose params are this layer's (``summary`` lists its layers)."""
+        return self.block
+
+    def summary_kind(self) -> str:
+        return f"{type(self.block).__name__} (remat)"
+
     def init_with_state(self, key: jax.Array, x: Any) -> tuple[Params, State]:
         return self.block.init_with_state(key, x)
 

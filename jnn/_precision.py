@@ -153,6 +153,10 @@ class MixedPrecision(Module):
             dtype = _floating_dtype("MixedPrecision", "policy", self.policy, expected)
             object.__setattr__(self, "policy", Policy(compute_dtype=dtype))
 
+    def wrapped_model(self) -> Module:
+        """The model run with this wrapper's params tree (``summary`` lists its layers)."""
+        return self.model
+
     def layer_name(self) -> str:
         # Errors are about the model: they name it, as if it ran alone.
         model = self.__dict__.get("model")

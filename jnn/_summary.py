@@ -91,7 +91,10 @@ def summary(
     order. Its ``Params`` include the layer's children's, like a directory's size, so
     the column does not add up; the totals count every parameter once. A layer called
     again under the same name (a tied embedding) gets another row, marked ``shared``.
-    Layers run inside a leaf layer (the block of ``Repeat``) get no rows of their own.
+    Layers run inside a leaf layer (the block of ``Repeat``) get no rows of their own,
+    except in a wrapper that runs a model on its own params tree (``MixedPrecision``, a
+    remat'd ``TransformerBlock``): that model's layers are listed under the wrapper,
+    with the dtypes they compute in.
 
     Args:
       model: A ``jnn.Module``.
@@ -258,7 +261,7 @@ class _Recorder:
 
     def __call__(self, owner: Module, name: str, layer: Module, *args: Any, **kwargs: Any):
         parent, parent_path = self._open[-1]
-        if owner is not parent:
+        if not _runs_as(parent, owner):
             return layer.apply(*args, **kwargs)
         path = f"{parent_path}/{name}" if parent_path else name
         row = [path, layer, None]
@@ -270,6 +273,18 @@ class _Recorder:
             self._open.pop()
         row[2] = specs(result if kwargs.get("state") is None else result[0])
         return result
+
+
+def _runs_as(parent: Module, owner: Module) -> bool:
+    """Whether ``owner``'s scope speaks for ``parent``: it is ``parent``, or the model a
+    wrapper with the same params runs (``MixedPrecision``'s model, a remat'd block)."""
+    node = parent
+    while node is not None:
+        if node is owner:
+            return True
+        wrapped = getattr(type(node), "wrapped_model", None)
+        node = wrapped(node) if wrapped is not None else None
+    return False
 
 
 def _subtree(tree: Any, path: str) -> Any:
@@ -297,6 +312,12 @@ def _count(tree: Any) -> tuple[int, int]:
     return count, size
 
 
+def _kind(layer: Module) -> str:
+    """The class name, or what a private wrapper says it is (``TransformerBlock (remat)``)."""
+    kind = getattr(type(layer), "summary_kind", None)
+    return kind(layer) if kind is not None else type(layer).__name__
+
+
 def _summarize(raw_rows: list, params: Any, state: Any, depth: int | None) -> Summary:
     children: dict[str, set[str]] = {}
     for path, _, _ in raw_rows[1:]:
@@ -316,7 +337,7 @@ def _summarize(raw_rows: list, params: Any, state: Any, depth: int | None) -> Su
         rows.append(
             LayerSummary(
                 path=path,
-                kind=type(layer).__name__,
+                kind=_kind(layer),
                 depth=level,
                 output=output,
                 params=count,

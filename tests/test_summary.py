@@ -294,3 +294,21 @@ def test_summary_leaves_no_hook_and_apply_is_unchanged(key):
     quiet(model, x)
     assert APPLY_HOOK.get() is None
     np.testing.assert_array_equal(model.apply(params, x), before)
+
+
+def test_wrappers_with_the_models_params_list_its_layers():
+    """MixedPrecision and a remat'd block run a model whose params are their own: its
+    layers get rows at the same paths, with the dtypes they compute in."""
+    mixed = jnn.MixedPrecision(jnn.MLP([16, 10]), jnp.bfloat16)
+    result = jnn.summary(mixed, jnp.zeros((2, 8)), print_fn=None)
+    assert [(r.path, r.kind, str(r.output.dtype)) for r in result.rows] == [
+        ("", "MixedPrecision", "float32"),
+        ("dense_0", "Dense", "bfloat16"),
+        ("dense_1", "Dense", "bfloat16"),
+    ]
+    assert result.rows[0].own_params == 0 and result.total_params == 8 * 16 + 16 + 16 * 10 + 10
+    lm = jnn.TransformerLM(40, 1, features=16, num_heads=2, max_length=8, remat=True)
+    rows = jnn.summary(lm, jnp.zeros((2, 8), jnp.int32), print_fn=None).rows
+    kinds = {r.path: r.kind for r in rows}
+    assert kinds["block_0"] == "TransformerBlock (remat)"
+    assert kinds["block_0/attention"] == "MultiHeadAttention"
