@@ -2,8 +2,10 @@
 # The checks to run on a GPU machine, in one go, in under 7 minutes:
 #   (a) nvidia-smi and the versions of the libraries;
 #   (b) the test suite, without the slow group, on 8 workers;
-#   (c) python -m benchmarks.run: the six default workloads with the GPU defaults;
-#   (d) python -m benchmarks.run --workloads lm: jnn, hand-written JAX and PyTorch.
+#   (c) python -m benchmarks.attention_kernels: the attention kernel each implementation
+#       compiles to (cuDNN's fused call or not), its compile and step time;
+#   (d) python -m benchmarks.run: the six default workloads with the GPU defaults;
+#   (e) python -m benchmarks.run --workloads lm: jnn, hand-written JAX and PyTorch.
 # Run from anywhere: bash benchmarks/gpu_check.sh. Logs, results (gpu.json/.md and
 # gpu-lm.json/.md) and a summary go to ${OUT:-benchmarks/results/gpu}. Each step has its
 # own timeout, and later steps keep a minimum of time: the steps' limits shrink when the
@@ -77,20 +79,27 @@ if ! "$PY" -c "import jnn" >/dev/null 2>&1; then
   "$PY" -m pip install -q -e . --no-deps --no-build-isolation
 fi
 
-# (b) the tests: at most 240 s, leaving 100 s for (c) and 110 s for (d) (with the
-# default 405 s in all, that caps the tests at about 185 s).
-limit=$(smaller 240 $(($(left) - 210)))
+# (b) the tests: at most 240 s, leaving 60 s for (c), 90 s for (d) and 110 s for (e)
+# (with the default 405 s in all, that caps the tests at about 145 s).
+limit=$(smaller 240 $(($(left) - 260)))
 step "tests" "$limit" tests.log \
   "$PY" -m pytest -n 8 -q -m 'not slow' -p no:cacheprovider
 
-# (c) the default workloads, GPU defaults; the time budget (90 s by default) is cut when
+# (c) which attention kernel the LM step compiles to, per implementation (None, "xla",
+# "cudnn"), each in its own process with a time limit: a hang is reported, not waited on.
+limit=$(smaller 60 $(($(left) - 200)))
+step "kernels" "$limit" kernels.log \
+  "$PY" -m benchmarks.attention_kernels --timeout $(((limit - 10) / 3)) \
+  --output "$OUT_DIR/attention_kernels.json"
+
+# (d) the default workloads, GPU defaults; the time budget (90 s by default) is cut when
 # less time is left, so that compilation (outside the budget's control) still fits.
 limit=$(smaller 150 $(($(left) - 110)))
 budget=$(larger 20 "$(smaller 90 $((limit - 60)))")
 step "benchmarks" "$limit" benchmarks.log \
   "$PY" -m benchmarks.run --budget-seconds "$budget" --output "$OUT_DIR"
 
-# (d) the language model: jnn, hand-written JAX and PyTorch (gpt2-small on a GPU).
+# (e) the language model: jnn, hand-written JAX and PyTorch (gpt2-small on a GPU).
 limit=$(smaller 150 $(($(left) - 5)))
 budget=$(larger 20 "$(smaller 90 $((limit - 60)))")
 step "lm" "$limit" lm.log \
@@ -101,6 +110,7 @@ step "lm" "$limit" lm.log \
   echo "== summary ($((SECONDS - START)) s in all; logs and results in $OUT_DIR)"
   printf '%s\n' "${SUMMARY[@]}"
   echo "tests: $(grep -E '(passed|failed|error)' "$OUT_DIR/tests.log" 2>/dev/null | tail -n 1)"
+  grep -E '^\|' "$OUT_DIR/kernels.log" 2>/dev/null
   for log in benchmarks lm; do
     [ -f "$OUT_DIR/$log.log" ] && grep -E '^(\*\*|\| (jnn|jax|torch|flax|equinox))' "$OUT_DIR/$log.log"
   done
