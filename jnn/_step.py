@@ -129,7 +129,10 @@ def make_train_step(
     ``logs``: ``"loss"`` and each metric, computed on the batch's outputs. The same call
     serves every model: a stateful one (batch norm) finds and returns its state in
     ``state.model_state``. The optimizer only ever sees ``params``. Step ``i`` gives
-    stochastic layers (dropout) the key ``jnn.step_key(state.key, i)``.
+    stochastic layers (dropout) the key ``jnn.step_key(state.key, i)``. When
+    ``state.loss_scale`` is a ``jnn.DynamicLossScale`` (float16 training), the step
+    differentiates the scaled loss, unscales the gradients, skips the update if one is
+    not finite, and returns the adjusted scale; ``logs["loss"]`` is the unscaled loss.
 
     The earlier form, ``step(params, opt_state, batch, key=None, state=None)`` returning
     ``(params, opt_state, logs)`` (or ``(params, opt_state, state, logs)`` with a model
