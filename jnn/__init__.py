@@ -49,6 +49,7 @@ from jnn._freezing import freeze
 from jnn._group_norm import GroupNorm
 from jnn._history_plot import plot_history
 from jnn._json_lines import JSONLinesLogger, history_from_json_lines, read_json_lines
+from jnn._language_model import TransformerLM
 from jnn._loops import NonFiniteError
 from jnn._loss_scale import DynamicLossScale
 from jnn._masks import causal_mask, combine_masks, padding_mask
@@ -81,7 +82,7 @@ from jnn._step import make_train_step
 from jnn._summary import LayerSummary, Summary, summary
 from jnn._train_state import TrainState, epoch_key, init_train_state, step_key
 from jnn._training import evaluate, make_eval_step
-from jnn._transformer import TransformerBlock, TransformerLM
+from jnn._transformer import TransformerBlock
 from jnn.activations import (
     elu,
     gelu,
