@@ -11,7 +11,7 @@ A model is an immutable object holding hyperparameters, with ``init`` and ``appl
 from jnn import activations, extend, initializers
 from jnn._adaptive_pooling import AdaptiveAvgPool, AdaptiveMaxPool, GlobalAvgPool, GlobalMaxPool
 from jnn._attention import MultiHeadAttention
-from jnn._attribution import integrated_gradients, saliency, smooth_grad
+from jnn._attribution import saliency, smooth_grad
 from jnn._batch_norm import BatchNorm
 from jnn._batching import batches
 from jnn._bidirectional import Bidirectional
@@ -48,6 +48,7 @@ from jnn._fit import FitResult, fit
 from jnn._freezing import freeze
 from jnn._group_norm import GroupNorm
 from jnn._history_plot import plot_history
+from jnn._integrated_gradients import integrated_gradients
 from jnn._json_lines import JSONLinesLogger, history_from_json_lines, read_json_lines
 from jnn._language_model import TransformerLM
 from jnn._loops import NonFiniteError

@@ -11,7 +11,7 @@ import pytest
 from conftest import TRANSFORMS
 
 import jnn
-from jnn._attribution import METHODS
+from jnn._integrated_gradients import METHODS
 
 FUNCTIONS = [jnn.saliency, jnn.integrated_gradients, jnn.smooth_grad]
 
