@@ -21,8 +21,6 @@ from typing import Any
 
 import numpy as np
 
-from jnn._calls import plain_signature
-
 __all__ = ["install_validation", "canonical", "short_repr", "same"]
 
 _UNKNOWN = object()
@@ -128,14 +126,22 @@ def _hint(value: Any, tp: Any) -> str:
         return f" Hint: create the layer, e.g. {value.__name__}(...), not the class itself."
     if isinstance(value, str) and callable(getattr(activations, value, None)):
         return f" Hint: pass the function itself, e.g. jnn.{value}."
-    if isinstance(value, Module):
-        return " Hint: to chain layers, put them in one list: jnn.Sequential([...])."
+    if isinstance(value, Module) or (callable(value) and not isinstance(value, type)):
+        if not _matches(value, tp):
+            return " Hint: to chain layers, put them in one list: jnn.Sequential([...])."
     if isinstance(value, str) and _matches(1.0, tp) and not _matches(value, tp):
         return " Hint: pass a number, not a string."
     if isinstance(value, int | np.integer) and not isinstance(value, bool):
         if _matches([value], tp):
             return f" Hint: wrap a single value in a list, e.g. [{value}]."
     return ""
+
+
+def _shown_value(value: Any) -> str:
+    """``repr(value)``, but a function by its name rather than ``<... object at 0x...>``."""
+    if callable(value) and not isinstance(value, type) and getattr(value, "__name__", None):
+        return short_repr(value)
+    return repr(value)
 
 
 def _is_factory(value: Any) -> bool:
@@ -161,13 +167,30 @@ def _normalise(value: Any, tp: Any) -> Any:
     return value
 
 
-def _call_error(
-    cls: type, signature: inspect.Signature, args: tuple, kwargs: dict, error: TypeError
-) -> str:
+class _Shown(str):
+    """A constructor signature as messages show it, defaults in ``short_repr`` form
+    (``w_init=init``, not ``<function ... at 0x7f...>``); it knows its parameter names."""
+
+    parameters: frozenset
+
+
+def _readable_signature(parameters: list[inspect.Parameter]) -> _Shown:
+    parts, star = [], False
+    for p in parameters:
+        if p.kind is p.KEYWORD_ONLY and not star:
+            parts.append("*")
+            star = True
+        parts.append(p.name if p.default is p.empty else f"{p.name}={short_repr(p.default)}")
+    shown = _Shown(f"({', '.join(parts)})")
+    shown.parameters = frozenset(p.name for p in parameters)
+    return shown
+
+
+def _call_error(cls: type, signature: _Shown, args: tuple, kwargs: dict, error: TypeError) -> str:
     from jnn._module import Module
 
-    message = f"{cls.__name__}{signature}: {error}."
-    message = message.replace("__init__() ", "").replace("..", ".")
+    message = f"{cls.__name__}{signature}: {str(error).rstrip('.')}."
+    message = message.replace("__init__() ", "")
     if any(isinstance(a, Module) for a in args[1:]):
         message += f" Hint: pass several layers as one list, e.g. {cls.__name__}([a, b])."
     if "dtype" in kwargs and "dtype" not in signature.parameters:
@@ -187,7 +210,7 @@ def install_validation(cls: type) -> None:
     if getattr(original, "_jnn_validated", None) is cls:
         return
     signature = inspect.signature(original)
-    shown = plain_signature(signature.replace(parameters=list(signature.parameters.values())[1:]))
+    shown = _readable_signature(list(signature.parameters.values())[1:])
 
     @functools.wraps(original)
     def __init__(self, *args, **kwargs):
@@ -202,8 +225,8 @@ def install_validation(cls: type) -> None:
                 value = bound.arguments[name]
                 if not _matches(value, tp):
                     raise TypeError(
-                        f"{cls.__name__}: {name} must be {_describe(tp, name)}, got {value!r} "
-                        f"({type(value).__name__}).{_hint(value, tp)}"
+                        f"{cls.__name__}: {name} must be {_describe(tp, name)}, got "
+                        f"{_shown_value(value)} ({type(value).__name__}).{_hint(value, tp)}"
                     )
                 if name.endswith("_init") and callable(value) and _is_factory(value):
                     fn = getattr(value, "__name__", "initializer")
@@ -255,7 +278,12 @@ def short_repr(value: Any) -> str:
         return f"partial({short_repr(value.func)}, ...)"
     name = getattr(value, "__name__", None)
     if callable(value) and name:
-        return name if name != "<lambda>" else "<lambda>"
+        # An inner function made by a factory (jax.nn.initializers.variance_scaling's
+        # ``init``) is named after the factory, which is what the user called.
+        outer, _, inner = getattr(value, "__qualname__", "").rpartition(".<locals>.")
+        if outer and inner == name and name != "<lambda>":
+            return f"{outer.rpartition('.')[2]}(...)"
+        return name
     if isinstance(value, type):
         return value.__name__
     return repr(value)

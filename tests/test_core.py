@@ -586,3 +586,24 @@ def test_pytorch_default_receives_each_layers_fan_in(key):
 def test_parallel_needs_a_branch():
     with pytest.raises(ValueError, match=r"Parallel: branches must hold at least one layer"):
         jnn.Parallel([])
+
+
+def test_constructor_errors_show_defaults_and_functions_by_name():
+    """No ``<function ... at 0x7f...>`` in a message: defaults and values that are
+    functions are shown as the user wrote them."""
+    with pytest.raises(TypeError) as error:
+        jnn.Dense()
+    message = str(error.value)
+    assert message == (
+        "Dense(features, use_bias=True, activation=None, w_init=variance_scaling(...), "
+        "b_init=zeros, param_dtype=float32): missing a required argument: 'features'."
+    )
+    with pytest.raises(
+        TypeError,
+        match=r"^Sequential: names must be .*, got relu \(custom_jvp\)\. Hint: to chain "
+        r"layers, put them in one list: jnn.Sequential\(\[\.\.\.\]\)\.$",
+    ):
+        jnn.Sequential(jnn.Dense(2), jnn.relu)
+    assert repr(jnn.Dense(3, w_init=jnn.initializers.he_normal())) == (
+        "Dense(features=3, w_init=variance_scaling(...))"
+    )
