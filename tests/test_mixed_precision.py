@@ -399,3 +399,30 @@ def test_repeat_still_refuses_a_block_that_changes_the_dtype_at_apply(key):
         deep.apply(params, jnp.ones((1, 4), jnp.bfloat16))
     half = jax.tree.map(lambda a: a.astype(jnp.bfloat16), params)
     assert deep.apply(half, jnp.ones((1, 4), jnp.bfloat16)).dtype == jnp.bfloat16
+
+
+def test_population_and_mesh_fit_carry_the_loss_scale(key, two_class_data):
+    """A population's loss scales are one per member, and fit on a mesh keeps the
+    scale's layout like the rest of the state."""
+    x, y = two_class_data
+    model = jnn.MixedPrecision(jnn.MLP([8, 2]), jnp.float16)
+    optimizer = optax.adam(1e-2)
+    loss = jnn.softmax_cross_entropy_with_integer_labels
+
+    def make(k):
+        scale = jnn.DynamicLossScale(2.0**10, period=3)
+        return jnn.init_train_state(model, optimizer, k, x[:1], loss_scale=scale)
+
+    population = jax.vmap(make)(jax.random.split(key, 3))
+    result = jnn.fit(model, population, loss, optimizer, (x, y), epochs=1, batch_size=16,
+                     population=True, progress=False)  # fmt: skip
+    scale = result.train_state.loss_scale
+    assert scale.scale.shape == (3,) and scale.scale.tolist() == [2.0**11] * 3
+    assert scale.good_steps.tolist() == [1, 1, 1]  # 4 steps: the 3rd doubled the scale
+    mesh = jnn.make_mesh((1,), ("data",))
+    on_mesh = jnn.fit(model, make(key), loss, optimizer, (x, y), epochs=1, batch_size=16,
+                      mesh=mesh, progress=False)  # fmt: skip
+    alone = jnn.fit(model, make(key), loss, optimizer, (x, y), epochs=1, batch_size=16,
+                    progress=False)  # fmt: skip
+    chex.assert_trees_all_equal(on_mesh.train_state.loss_scale, alone.train_state.loss_scale)
+    chex.assert_trees_all_close(on_mesh.train_state.params, alone.train_state.params)
