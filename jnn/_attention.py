@@ -69,8 +69,9 @@ class MultiHeadAttention(Module):
     every path gives the same values and gradients.
 
     Without attention dropout (at inference, or ``dropout_rate=0``) the layer calls
-    ``jax.nn.dot_product_attention`` on accelerators, which can run it as one fused
-    kernel, and on a CPU writes it out as two einsums and a softmax, which XLA runs
+    ``jax.nn.dot_product_attention`` on accelerators (``implementation="cudnn"`` runs
+    cuDNN's fused kernel; the default leaves the choice to JAX, whose XLA form it is in
+    JAX 0.10), and on a CPU writes it out as two einsums and a softmax, which XLA runs
     faster there (see ``implementation``). With dropout it computes the weights
     explicitly and drops them like ``Dropout`` (kept weights scaled by ``1 / (1 -
     rate)``) with the key ``child_key(key, "dropout")``.
