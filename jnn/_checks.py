@@ -21,6 +21,7 @@ __all__ = [
     "check_rank",
     "check_positive_int",
     "check_floating",
+    "check_floating_dtype",
     "check_integer",
     "check_key",
     "check_array_inputs",
@@ -122,6 +123,25 @@ def check_floating(module: Any, x: Any, what: str = "input") -> None:
             f"expected a floating-point {what}, got dtype {dtype}. "
             f"Hint: cast it first, e.g. x.astype(jnp.float32).",
         )
+
+
+def check_floating_dtype(
+    owner: Any,
+    name: str,
+    value: Any,
+    expected: str = "a floating-point dtype such as jnp.float32",
+) -> np.dtype:
+    """``value`` as a NumPy dtype, or a ``TypeError`` naming ``owner`` unless it is a
+    floating-point dtype (``param_dtype``, a policy's dtypes). ``None`` is refused, since
+    ``jnp.dtype(None)`` would mean float64."""
+    try:
+        dtype = None if value is None else jnp.dtype(value)
+    except TypeError:
+        dtype = None
+    if dtype is None or not jnp.issubdtype(dtype, jnp.floating):
+        shown = repr(value) if dtype is None else dtype.name
+        raise TypeError(f"{layer_name(owner)}: {name} must be {expected}, got {shown}.")
+    return dtype
 
 
 def check_integer(module: Any, x: Any, what: str = "input", hint: str = "") -> None:

@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 
 from jnn import initializers
-from jnn._checks import check_positive_int
+from jnn._checks import check_floating_dtype, check_positive_int
 from jnn._errors import ShapeError
 from jnn._module import Module, Params, Shape
 from jnn._scope import child_key
@@ -28,19 +28,6 @@ from jnn._spatial import (
 )
 
 __all__ = ["Conv"]
-
-
-def _check_param_dtype(layer: Any, dtype: Any) -> None:
-    try:
-        got = None if dtype is None else jnp.dtype(dtype)
-    except TypeError:
-        got = None
-    if got is None or not jnp.issubdtype(got, jnp.floating):
-        shown = repr(dtype) if got is None else got.name
-        raise TypeError(
-            f"{type(layer).__name__}: param_dtype must be a floating-point dtype such as "
-            f"jnp.float32, got {shown}."
-        )
 
 
 def _dimension_numbers(n: int) -> jax.lax.ConvDimensionNumbers:
@@ -77,7 +64,7 @@ class _ConvBase(Module):
             raise ValueError(
                 f"{name}: features ({self.features}) must be divisible by groups ({self.groups})."
             )
-        _check_param_dtype(self, self.param_dtype)
+        check_floating_dtype(self, "param_dtype", self.param_dtype)
 
     @property
     def spatial_ndim(self) -> int:

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from jnn import initializers
-from jnn._checks import check_floating
+from jnn._checks import check_floating, check_floating_dtype
 from jnn._errors import LayerError, ShapeError
 from jnn._module import Module, Params, Shape
 from jnn._scope import child_key
@@ -38,16 +38,7 @@ def _check_norm_hyperparameters(module: Module) -> None:
     if not 0 <= epsilon < math.inf:  # NaN fails too
         raise ValueError(f"{name}: epsilon must be a finite number >= 0, got {epsilon!r}.")
     object.__setattr__(module, "epsilon", float(epsilon))
-    dtype = module.param_dtype
-    try:
-        ok = dtype is not None and jnp.issubdtype(jnp.dtype(dtype), jnp.floating)
-    except TypeError:
-        ok = False
-    if not ok:
-        raise TypeError(
-            f"{name}: param_dtype must be a floating-point dtype such as jnp.float32, got "
-            f"{getattr(dtype, '__name__', dtype)!r}."
-        )
+    check_floating_dtype(name, "param_dtype", module.param_dtype)
 
 
 def _affine_params(module: Module, key: jax.Array, shape: Shape) -> Params:

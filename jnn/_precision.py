@@ -18,25 +18,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jnn._checks import check_floating_dtype
 from jnn._module import Module, Params, State
 
 __all__ = ["Policy", "MixedPrecision"]
 
-
-def _floating_dtype(
-    owner: str,
-    name: str,
-    value: Any,
-    expected: str = "a floating-point dtype such as jnp.bfloat16 or 'float32'",
-) -> np.dtype:
-    try:  # jnp.dtype(None) would mean float64
-        dtype = None if value is None else jnp.dtype(value)
-    except TypeError:
-        dtype = None
-    if dtype is None or not jnp.issubdtype(dtype, jnp.floating):
-        shown = repr(value) if dtype is None else f"{dtype.name} (not floating point)"
-        raise TypeError(f"{owner}: {name} must be {expected}, got {shown}.")
-    return dtype
+_DTYPE = "a floating-point dtype such as jnp.bfloat16 or 'float32'"
 
 
 def _cast_floating(tree: Any, dtype: np.dtype) -> Any:
@@ -84,7 +71,7 @@ class Policy:
 
     def __post_init__(self):
         for field in dataclasses.fields(self):
-            value = _floating_dtype("Policy", field.name, getattr(self, field.name))
+            value = check_floating_dtype("Policy", field.name, getattr(self, field.name), _DTYPE)
             object.__setattr__(self, field.name, value)
 
     def __repr__(self) -> str:
@@ -150,7 +137,7 @@ class MixedPrecision(Module):
             )
         if not isinstance(self.policy, Policy):
             expected = "a jnn.Policy or a floating-point compute dtype such as jnp.bfloat16"
-            dtype = _floating_dtype("MixedPrecision", "policy", self.policy, expected)
+            dtype = check_floating_dtype("MixedPrecision", "policy", self.policy, expected)
             object.__setattr__(self, "policy", Policy(compute_dtype=dtype))
 
     def wrapped_model(self) -> Module:

@@ -211,7 +211,7 @@ def test_hyperparameter_errors():
         TypeError, match=r"^BatchNorm: running_variance must be one of 'biased', 'unbiased', got"
     ):
         jnn.BatchNorm(running_variance="unbias")
-    for bad, shown in [(jnp.int32, "'int32'"), ("foo", "'foo'"), (None, "None")]:
+    for bad, shown in [(jnp.int32, "int32"), ("foo", "'foo'"), (None, "None")]:
         with pytest.raises(
             TypeError, match=rf"^BatchNorm: param_dtype must be a floating-point dtype .*{shown}"
         ):

@@ -257,7 +257,7 @@ def test_hyperparameter_errors(cls):
         cls(use_scale="yes")
     with pytest.raises(TypeError, match=rf"^{name}: use_offset must be a bool, got 1 \(int\)"):
         cls(use_offset=1)
-    for bad, shown in [(jnp.int8, "'int8'"), ("foo", "'foo'"), (None, "None")]:
+    for bad, shown in [(jnp.int8, "int8"), ("foo", "'foo'"), (None, "None")]:
         with pytest.raises(
             TypeError, match=rf"^{name}: param_dtype must be a floating-point dtype .*{shown}\.$"
         ):
