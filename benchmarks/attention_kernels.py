@@ -2,13 +2,13 @@
 
 For each of ``implementation=None`` (JAX's choice), ``"xla"`` and, on an NVIDIA GPU,
 ``"cudnn"``, a ``jnn.TransformerLM`` under ``jnn.MixedPrecision(..., jnp.bfloat16)``
-(GPT-2-small widths, 2 blocks: the kernel does not depend on depth) is compiled into
-one AdamW training step, and the optimized HLO is read for the library calls XLA made:
-cuDNN's fused attention (``__cudnn$fmha...``) forward and backward, cuBLAS GEMMs and
-any other custom calls. Then a few steps are timed. Each implementation runs in its own
-subprocess with a time limit, so one that hangs in compilation or autotuning (the issue
-saw a forced ``"cudnn"`` step unfinished after 95 s) is reported as such and the others
-still run.
+(a ``benchmarks.lm`` size with 2 blocks: the kernel does not depend on depth) is
+compiled into the language-model workload's AdamW training step, and the optimized
+HLO is read for the library calls XLA made: cuDNN's fused attention
+(``__cudnn$fmha...``) forward and backward, cuBLAS GEMMs and any other custom calls.
+Then a few steps are timed. Each implementation runs in its own subprocess with a time
+limit, so one that hangs in compilation or autotuning (the issue saw a forced
+``"cudnn"`` step unfinished after 95 s) is reported as such and the others still run.
 
 Run from the repository root::
 
@@ -30,10 +30,17 @@ import subprocess
 import sys
 import time
 
-SIZES = {  # (blocks, width, heads, mlp, vocabulary, sequence, batch)
-    "gpt2-small": (2, 768, 12, 3072, 32768, 1024, 8),
-    "tiny": (2, 64, 4, 256, 256, 64, 4),
-}
+KERNEL_BLOCKS = 2  # the kernels do not depend on depth; fewer blocks compile faster
+
+
+def _size(name: str):
+    """``benchmarks.lm``'s size of that name, with ``KERNEL_BLOCKS`` blocks at most."""
+    import dataclasses
+
+    from benchmarks.lm import SIZES
+
+    size = SIZES[name]
+    return dataclasses.replace(size, layers=min(size.layers, KERNEL_BLOCKS))
 
 
 def kernel_counts(hlo_text: str) -> dict[str, int]:
@@ -50,25 +57,24 @@ def child(implementation: str | None, size: str, steps: int) -> dict:
     """Compile and time one training step; return what the HLO calls and how long it took."""
     import jax
     import jax.numpy as jnp
-    import numpy as np
     import optax
 
     import jnn
+    from benchmarks.lm import _optax_adamw, _tokens
 
-    layers, width, heads, mlp, vocab, length, batch = SIZES[size]
+    s = _size(size)
     lm = jnn.TransformerLM(
-        vocab,
-        layers,
-        width,
-        heads,
-        mlp_features=mlp,
-        max_length=length,
+        s.vocab,
+        s.layers,
+        s.features,
+        s.heads,
+        mlp_features=s.mlp,
+        max_length=s.length,
         implementation=implementation,
     )
     model = jnn.MixedPrecision(lm, jnp.bfloat16)
-    rng = np.random.default_rng(0)
-    tokens = jnp.asarray(rng.integers(0, vocab, (batch, length + 1)), jnp.int32)
-    optimizer = optax.adamw(3e-4, weight_decay=0.1)
+    tokens = jnp.asarray(_tokens(s.batch, s))
+    optimizer = _optax_adamw()
     params = model.init(jax.random.key(0), tokens[:, :-1])
     opt_state = optimizer.init(params)
 
@@ -138,7 +144,7 @@ def table(results: list[dict]) -> str:
 
 def main(argv=None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", choices=["auto", *SIZES], default="auto")
+    parser.add_argument("--size", choices=["auto", "tiny", "gpt2-small"], default="auto")
     parser.add_argument("--steps", type=int, default=5, help="timed steps per implementation")
     parser.add_argument("--timeout", type=float, default=120, help="seconds per implementation")
     parser.add_argument("--output", default=None, help="write the results as JSON here")
@@ -157,7 +163,7 @@ def main(argv=None) -> list[dict]:
     backend = jax.default_backend()
     size = args.size if args.size != "auto" else ("tiny" if backend == "cpu" else "gpt2-small")
     implementations = [None, "xla"] + (["cudnn"] if backend == "gpu" else [])
-    print(f"backend {backend}, devices {jax.devices()}, size {size} {SIZES[size]}", flush=True)
+    print(f"backend {backend}, devices {jax.devices()}, size {size} {_size(size)}", flush=True)
     results = []
     for implementation in implementations:
         results.append(run_one(implementation, size, args.steps, args.timeout))
