@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from decoding import decode_step_by_step
 
 import jnn
 from jnn import DTypeError, ParamsError, ShapeError
@@ -57,13 +58,8 @@ def test_lm_cached_decoding_equals_the_full_forward_pass(key, use_rope):
     full = lm.apply(params, tokens)
     assert full.shape == (2, 10, 40)
     cache = lm.init_cache(params, 2)
-    prompt, cache = lm.apply(params, tokens[:, :4], cache=cache)
-    steps = [prompt]
-    decode = jax.jit(lambda p, t, c: lm.apply(p, t, cache=c))
-    for t in range(4, 10):
-        logits, cache = decode(params, tokens[:, t : t + 1], cache)
-        steps.append(logits)
-    np.testing.assert_allclose(jnp.concatenate(steps, axis=1), full, rtol=1e-4, atol=1e-4)
+    decoded, cache = decode_step_by_step(lm, params, tokens, cache, prompt_length=4)
+    np.testing.assert_allclose(decoded, full, rtol=1e-4, atol=1e-4)
 
 
 def test_lm_ties_embeddings_and_trains(key):

@@ -8,6 +8,7 @@ import jax.extend
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from decoding import decode_step_by_step
 
 import jnn
 from jnn import ParamsError, ShapeError
@@ -132,13 +133,8 @@ def test_scanned_cached_decoding_equals_the_full_forward_pass(key, tokens, use_r
     cache = lm.init_cache(params, 2)
     assert cache["blocks"]["key"].shape == (3, 2, 12, 4, 4)
     assert cache["blocks"]["index"].shape == (3,)
-    prompt, cache = lm.apply(params, tokens[:, :4], cache=cache)
-    steps = [prompt]
-    decode = jax.jit(lambda p, t, c: lm.apply(p, t, cache=c))
-    for t in range(4, 10):
-        logits, cache = decode(params, tokens[:, t : t + 1], cache)
-        steps.append(logits)
-    np.testing.assert_allclose(jnp.concatenate(steps, axis=1), full, rtol=1e-4, atol=1e-4)
+    decoded, cache = decode_step_by_step(lm, params, tokens, cache, prompt_length=4)
+    np.testing.assert_allclose(decoded, full, rtol=1e-4, atol=1e-4)
     assert cache["blocks"]["index"].tolist() == [10, 10, 10]
     # One unbatched sequence, as with the unrolled model, decoded and not.
     one = lm.init_cache(params, None)
