@@ -29,6 +29,8 @@ Definitions (elementwise unless noted):
 import jax
 import jax.numpy as jnp
 
+from jnn._losses import at_least_float32
+
 sigmoid = jax.nn.sigmoid
 relu = jax.nn.relu
 tanh = jnp.tanh
@@ -37,8 +39,7 @@ tanh = jnp.tanh
 def _at_least_float32(fn):
     def normalised(x: jax.typing.ArrayLike, axis: int | tuple[int, ...] = -1, where=None):
         x = jnp.asarray(x)
-        wide = x.astype(jnp.promote_types(x.dtype, jnp.float32))
-        return fn(wide, axis=axis, where=where).astype(x.dtype)
+        return fn(at_least_float32(x), axis=axis, where=where).astype(x.dtype)
 
     normalised.__name__ = normalised.__qualname__ = fn.__name__
     normalised.__doc__ = (
