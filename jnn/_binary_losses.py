@@ -12,6 +12,7 @@ import numpy as np
 import optax
 
 from jnn._losses import (
+    as_array,
     as_float,
     both,
     check_entries,
@@ -96,7 +97,8 @@ def binary_cross_entropy(
     name = "binary_cross_entropy"
     check_reduction(name, reduction)
     check_option(name, "eps", eps, 0, 0.5, high_open=True)
-    probabilities, targets = as_float(probabilities), as_float(targets)
+    probabilities = as_float(name, probabilities, "probabilities")
+    targets = as_float(name, targets, "targets")
     check_same_shape(
         name,
         probabilities,
@@ -163,7 +165,7 @@ def sigmoid_binary_cross_entropy(
         "integer logits are usually labels or predicted classes: check the argument order, "
         "sigmoid_binary_cross_entropy(logits, targets).",
     )
-    targets = jnp.asarray(targets)
+    targets = as_array(name, targets, "targets")
     check_same_shape(
         name, logits, targets, "logits", "targets", _shape_cause(logits, targets, "logits")
     )

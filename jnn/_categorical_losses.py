@@ -15,6 +15,7 @@ import optax
 
 from jnn._errors import DTypeError, ShapeError
 from jnn._losses import (
+    as_array,
     as_float,
     both,
     check_distributions,
@@ -88,7 +89,7 @@ def softmax_cross_entropy(
     logits = floating_input(
         name, logits, "logits", _LOGITS_HINT.format(name=name, targets="targets")
     )
-    targets = as_float(targets)
+    targets = as_float(name, targets, "targets")
     check_has_class_axis(name, logits, "logits")
     if targets.shape != logits.shape:
         if targets.shape == logits.shape[:-1]:
@@ -177,7 +178,7 @@ def softmax_cross_entropy_with_integer_labels(
     logits = floating_input(
         name, logits, "logits", _LOGITS_HINT.format(name=name, targets="labels")
     )
-    labels = jnp.asarray(labels)
+    labels = as_array(name, labels, "labels")
     check_has_class_axis(name, logits, "logits")
     if labels.shape != logits.shape[:-1]:
         if labels.shape == logits.shape:

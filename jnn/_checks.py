@@ -235,8 +235,18 @@ def _is_number_list(x: Any) -> bool:
 
 
 def check_array_inputs(module: Any, inputs: tuple, where: str) -> None:
-    """Raise ``DTypeError`` if an input is a Python list of numbers instead of an array."""
+    """Raise ``DTypeError`` if an input is a Python list of numbers instead of an array, a
+    string, or ``None`` in the first place, where every layer takes its main input (later
+    inputs may be optional, as attention's ``key_value``). A recurrent cell's first input
+    is its carry, which the cell checks itself, with the hint to make one."""
+    carry_first = hasattr(module, "initial_carry")
     for i, x in enumerate(inputs):
+        if isinstance(x, str | bytes) or (i == 0 and x is None and not carry_first):
+            raise DTypeError(
+                layer_name(module),
+                f"{where} expected arrays as inputs, got {type(x).__name__} "
+                f"{x!r:.40} as input {i}.",
+            )
         if isinstance(x, list) and _is_number_list(x):
             raise DTypeError(
                 layer_name(module),

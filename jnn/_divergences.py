@@ -118,7 +118,7 @@ def kl_divergence(
         f"pass log-probabilities, e.g. jax.nn.log_softmax(logits); check the argument order, "
         f"{name}(log_predictions, targets).",
     )
-    targets = as_float(targets)
+    targets = as_float(name, targets, "targets")
     check_has_class_axis(name, log_predictions, "log_predictions")
     check_same_shape(name, log_predictions, targets, "log_predictions", "targets")
     ok = _check_log_probabilities(

@@ -5,7 +5,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from jnn._errors import MissingKeyError
+from jnn._checks import check_floating
+from jnn._errors import MissingKeyError, ShapeError
 from jnn._module import Module, Params
 
 __all__ = ["Dropout"]
@@ -30,6 +31,9 @@ class Dropout(Module):
 
     Raises:
       MissingKeyError: If ``is_training=True`` and no ``key`` is given.
+      DTypeError: If training on an integer or boolean input (scaling it by
+        ``1 / (1 - rate)`` has no integer result).
+      ShapeError: If a ``broadcast_dims`` axis is outside the input's rank.
 
     Examples:
       >>> import jax, jax.numpy as jnp, jnn
@@ -68,9 +72,16 @@ class Dropout(Module):
                 "key=jax.random.key(...) to apply (a new key every step), or "
                 "is_training=False for inference.",
             )
+        check_floating(self, x, "input while training")
+        shape = list(jnp.shape(x))
+        if any(not -len(shape) <= axis < len(shape) for axis in self.broadcast_dims):
+            raise ShapeError(
+                self.layer_name(),
+                f"broadcast_dims {self.broadcast_dims} name axes outside an input of shape "
+                f"{tuple(shape)}.",
+            )
         if self.rate == 1.0:
             return jnp.zeros_like(x)
-        shape = list(jnp.shape(x))
         for axis in self.broadcast_dims:
             shape[axis] = 1
         keep = jax.random.bernoulli(key, 1.0 - self.rate, tuple(shape))

@@ -130,11 +130,19 @@ def in_range(
 # --------------------------------------------------------------------------- dtypes and shapes
 
 
-def as_float(x: jax.typing.ArrayLike) -> jax.Array:
+def as_array(name: str, x: Any, what: str) -> jax.Array:
+    """``x`` as an array, or a ``DTypeError`` naming the function for ``None`` or a string
+    (JAX would read a string as a dtype name)."""
+    if x is None or isinstance(x, str | bytes):
+        raise DTypeError(name, f"expected an array as {what}, got {type(x).__name__} {x!r:.40}.")
+    return jnp.asarray(x)
+
+
+def as_float(name: str, x: jax.typing.ArrayLike, what: str) -> jax.Array:
     """``x`` as an array of at least float32: integers and booleans become the default
     float dtype, and half precision (bfloat16, float16) becomes float32, so a loss is
     computed and reduced in float32 whatever the model's compute dtype."""
-    x = jnp.asarray(x)
+    x = as_array(name, x, what)
     if not jnp.issubdtype(x.dtype, jnp.inexact):
         return x.astype(jnp.result_type(x, float))
     return at_least_float32(x)
@@ -150,7 +158,7 @@ def floating_input(name: str, x: jax.typing.ArrayLike, what: str, hint: str) -> 
 
     Integer "logits" are nearly always labels or predicted classes in the wrong place.
     """
-    x = jnp.asarray(x)
+    x = as_array(name, x, what)
     if not jnp.issubdtype(x.dtype, jnp.inexact):
         raise DTypeError(
             name,

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jnn._errors import DTypeError, ShapeError
-from jnn._losses import both, check_entries, check_labels, reduce
+from jnn._losses import as_array, both, check_entries, check_labels, reduce
 
 __all__ = ["accuracy", "top_k_accuracy", "confusion_matrix", "Mean"]
 
@@ -121,7 +121,8 @@ def accuracy(
       0.6666666865348816
     """
     name = "accuracy"
-    predictions, labels = jnp.asarray(logits_or_predictions), jnp.asarray(labels)
+    predictions = as_array(name, logits_or_predictions, "predictions")
+    labels = as_array(name, labels, "labels")
     predicted, num_classes = _predicted_classes(name, predictions, labels)
     ok = _check_classes(name, labels, predicted, num_classes)
     return reduce((predicted == labels).astype(jnp.float32), "mean", ok)
@@ -157,7 +158,7 @@ def top_k_accuracy(
       0.5
     """
     name = "top_k_accuracy"
-    logits, labels = jnp.asarray(logits), jnp.asarray(labels)
+    logits, labels = as_array(name, logits, "logits"), as_array(name, labels, "labels")
     if logits.ndim < 1 or logits.shape[:-1] != labels.shape:
         hint = (
             " Hint: top-k needs a score for every class, not predicted classes."
@@ -232,7 +233,8 @@ def confusion_matrix(
         )
     if num_classes < 1:
         raise ValueError(f"{name}: expected num_classes to be a positive int, got {num_classes!r}.")
-    predictions, labels = jnp.asarray(predictions_or_logits), jnp.asarray(labels)
+    predictions = as_array(name, predictions_or_logits, "predictions")
+    labels = as_array(name, labels, "labels")
     predicted, classes = _predicted_classes(name, predictions, labels)
     if classes is not None and classes != num_classes:
         raise ShapeError(

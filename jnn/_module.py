@@ -214,7 +214,14 @@ class Module:
             # A layer without parameters need not define init; running its apply on
             # abstract inputs still checks them, as init does for every other layer.
             _bind_or_raise(self, "init", cls._raw_apply, (self, {}, *inputs), kwargs)
-            jax.eval_shape(lambda xs, kw: cls._raw_apply(self, {}, *xs, **kw), inputs, kwargs)
+            check = getattr(self, "check_inputs", None)
+
+            def checked(xs, kw):  # the layer's own input checks first, then its apply
+                if check is not None:
+                    check({}, *xs, **kw)
+                return cls._raw_apply(self, {}, *xs, **kw)
+
+            jax.eval_shape(checked, inputs, kwargs)
             return {}, {}
         raise NotImplementedError(
             f"{cls.__name__} defines neither init/apply nor forward; see jnn.Module."
@@ -253,8 +260,8 @@ class Module:
             )
         if key is not None:
             check_key(self, key, "apply")
-        check_array_inputs(self, inputs, "apply")
         cls = type(self)
+        check_array_inputs(self, inputs, "apply")
         if cls._raw_apply is not None:
             out, new_state = _apply_leaf(self, params, inputs, state, key, is_training, kwargs)
         elif cls._raw_forward is not None:

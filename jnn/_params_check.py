@@ -42,7 +42,9 @@ def path_name(path: tuple) -> str:
 
 
 def compare_trees(module: Any, what: str, actual: Any, expected: Any, inputs: Any) -> None:
-    """Raise ``ParamsError`` at the first missing, extra or mis-shaped leaf."""
+    """Raise ``ParamsError`` at the first missing, extra or mis-shaped leaf, or an integer or
+    boolean param where ``init`` makes a floating-point one (a layer's state has its
+    layer's own dtype checks: BatchNorm names its running statistics)."""
     check_params_leaves(module, actual, what)
     got, want = leaf_paths(actual), leaf_paths(expected)
     missing = [p for p in want if p not in got]
@@ -66,6 +68,16 @@ def compare_trees(module: Any, what: str, actual: Any, expected: Any, inputs: An
                 f"{what} '{path}' has shape {shape}, but inputs of shape "
                 f"{', '.join(map(str, shapes))} need {tuple(spec.shape)}. "
                 f"Hint: was this {what} made by init with inputs of another shape?",
+            )
+        dtype = jnp.result_type(got[path])
+        floating = jnp.issubdtype(spec.dtype, jnp.inexact)
+        if what == "params" and floating and not jnp.issubdtype(dtype, jnp.inexact):
+            # Another float width is a choice (a mixed-precision policy casts params);
+            # integers or booleans where init makes floats are a mistake.
+            raise ParamsError(
+                layer_name(module),
+                f"{what} '{path}' has dtype {dtype}, but init makes it {spec.dtype}. "
+                f"Hint: cast it back, e.g. {what}['...'].astype(jnp.float32).",
             )
 
 

@@ -10,15 +10,23 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jnn._losses import as_float, check_option, check_reduction, check_same_shape, reduce
+from jnn._losses import (
+    as_array,
+    as_float,
+    check_option,
+    check_reduction,
+    check_same_shape,
+    reduce,
+)
 
 __all__ = ["mean_squared_error", "mean_absolute_error", "huber"]
 
 
 def _checked(name: str, predictions, targets, reduction: str) -> tuple[jax.Array, jax.Array]:
     check_reduction(name, reduction)
-    raw_targets = jnp.asarray(targets)
-    predictions, targets = as_float(predictions), as_float(targets)
+    raw_targets = as_array(name, targets, "targets")
+    predictions = as_float(name, predictions, "predictions")
+    targets = as_float(name, raw_targets, "targets")
     cause = ""
     if (
         predictions.ndim >= 1

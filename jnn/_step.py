@@ -20,6 +20,7 @@ from jnn._train_checks import (
     check_loss_value,
     check_metrics,
     check_model,
+    check_opt_state,
     check_optimizer,
     metric_logs,
     split_batch,
@@ -71,6 +72,7 @@ def _update(
     if scale is not None:
         grads = scale.unscale(grads)
     grads_finite = all_finite(grads)
+    check_opt_state(name, optimizer, params, opt_state)  # at trace time: no cost per step
     updates, new_opt_state = optimizer.update(grads, opt_state, params)
     new_params = optax.apply_updates(params, updates)
     logs = {"loss": loss, **metric_logs(name, metrics.items(), outputs, targets)}

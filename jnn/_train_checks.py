@@ -92,6 +92,52 @@ def check_optimizer(name: str, optimizer: Any) -> None:
     )
 
 
+def check_opt_state(name: str, optimizer: Any, params: Any, opt_state: Any) -> None:
+    """Raise ``TypeError`` unless ``opt_state`` has the tree structure ``optimizer.init``
+    makes for ``params``: an optimizer state made by another optimizer would otherwise
+    fail deep inside optax, or, worse, be accepted and ignored."""
+    expected = jax.eval_shape(optimizer.init, params)
+    if jax.tree.structure(expected) == jax.tree.structure(opt_state):
+        paths = jax.tree_util.tree_leaves_with_path(opt_state)
+        for (path, got), want in zip(paths, jax.tree.leaves(expected), strict=True):
+            if np.shape(got) != want.shape:
+                where = jax.tree_util.keystr(path)
+                detail = (
+                    f"opt_state{where} has shape {np.shape(got)}, and optimizer.init(params) "
+                    f"makes {want.shape} (a state made for other params?)"
+                )
+                break
+        else:
+            return
+    else:
+        got, want = _state_kinds(opt_state), _state_kinds(expected)
+        detail = (
+            f"it holds {got}, and optimizer.init(params) makes {want}"
+            if got != want
+            else "its tree differs from the one optimizer.init(params) makes (other params?)"
+        )
+    raise TypeError(
+        f"{name}: the optimizer state does not fit this optimizer: {detail}. Hint: pass the "
+        "optimizer the train state was made with (init_train_state), or make a new "
+        "optimizer state: train_state._replace(opt_state=optimizer.init(train_state.params))."
+    )
+
+
+def _state_kinds(tree: Any) -> str:
+    """The optax state types in ``tree``, in order: ``(ScaleByAdamState, EmptyState)``."""
+    names = []
+    stack = [tree]
+    while stack:
+        node = stack.pop()
+        if hasattr(node, "_fields"):  # an optax state (a NamedTuple)
+            names.append(type(node).__name__)
+        elif isinstance(node, list | tuple):
+            stack.extend(reversed(node))
+        elif isinstance(node, Mapping):
+            stack.extend(reversed(list(node.values())))
+    return f"({', '.join(names)})" if names else type(tree).__name__
+
+
 def check_metrics(name: str, metrics: Any, *, with_loss: bool = True) -> dict[str, Callable]:
     """``metrics`` as a dict of name -> ``metric(outputs, targets)``; ``None`` is ``{}``."""
     if metrics is None:

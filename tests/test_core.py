@@ -519,6 +519,45 @@ def test_call_mistakes_name_the_right_call(key, x_small):
         dense.apply(params, x_small.tolist())
 
 
+@pytest.mark.parametrize(
+    "model",
+    [jnn.Dense(2), jnn.LayerNorm(), jnn.Flatten(), jnn.GlobalAvgPool(), small_model()],
+    ids=lambda m: type(m).__name__,
+)
+@pytest.mark.parametrize("bad", [None, "x", b"x"], ids=["None", "str", "bytes"])
+def test_inputs_that_are_not_arrays_are_named(key, x_small, model, bad):
+    name = type(model).__name__
+    params = model.init(key, x_small[..., None] if name == "GlobalAvgPool" else x_small)
+    kind = type(bad).__name__
+    for run in (lambda: model.init(key, bad), lambda: model.apply(params, bad)):
+        with pytest.raises(
+            jnn.DTypeError,
+            match=rf"^{name}: (init|apply) expected arrays as "
+            rf"inputs, got {kind} .* as input 0\.$",
+        ):
+            run()
+
+
+def test_a_parameterless_layer_checks_its_inputs_at_init(key):
+    with pytest.raises(jnn.ShapeError, match=r"^SinusoidalPositions: expected input"):
+        jnn.SinusoidalPositions().init(key, jnp.zeros(()))
+    with pytest.raises(jnn.DTypeError, match=r"^SinusoidalPositions: expected a floating"):
+        jnn.SinusoidalPositions().init(key, jnp.zeros((2, 3), jnp.int32))
+
+
+def test_integer_params_where_init_makes_floats_are_refused(key, x_small):
+    model = small_model()
+    params = model.init(key, x_small)
+    as_ints = jax.tree.map(lambda a: a.astype(jnp.int32), params)
+    with pytest.raises(
+        jnn.ParamsError,
+        match=r"'dense_0'.*params 'bias' has dtype int32, but init makes it float32\. Hint: ",
+    ):
+        model.apply(as_ints, x_small)
+    halves = jax.tree.map(lambda a: a.astype(jnp.bfloat16), params)  # another width: allowed
+    assert model.apply(halves, x_small).shape == (x_small.shape[0], 2)
+
+
 def test_calling_a_model_says_how_to_run_it(x_small):
     with pytest.raises(TypeError, match=r"Dense is not called directly.*model.apply\(params, x\)"):
         jnn.Dense(2)(x_small)

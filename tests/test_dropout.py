@@ -66,3 +66,18 @@ def test_vmap_over_keys_gives_different_masks(key):
     run = jax.vmap(lambda k: jnn.Dropout(0.5).apply({}, jnp.ones(32), key=k, is_training=True))
     masks = np.asarray(run(keys))
     assert len({m.tobytes() for m in masks}) == 4
+
+
+def test_training_needs_a_floating_input_and_broadcast_dims_inside_its_rank(key):
+    drop = jnn.Dropout(0.3)
+    ints = jnp.arange(6)
+    assert drop.apply({}, ints) is ints  # inference: identity, whatever the dtype
+    with pytest.raises(
+        jnn.DTypeError, match=r"^Dropout: expected a floating-point input while training, got "
+    ):
+        drop.apply({}, ints, key=key, is_training=True)
+    with pytest.raises(
+        jnn.ShapeError,
+        match=r"^Dropout: broadcast_dims \(2,\) name axes outside an input of shape \(4, 3\)\.$",
+    ):
+        jnn.Dropout(0.3, broadcast_dims=(2,)).apply({}, jnp.ones((4, 3)), key=key, is_training=True)

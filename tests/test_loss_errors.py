@@ -8,6 +8,7 @@ import pytest
 from conftest import TRANSFORMS
 
 from jnn import (
+    accuracy,
     binary_cross_entropy,
     huber,
     kl_divergence,
@@ -16,6 +17,7 @@ from jnn import (
     sigmoid_binary_cross_entropy,
     softmax_cross_entropy,
     softmax_cross_entropy_with_integer_labels,
+    top_k_accuracy,
 )
 
 LOSSES = [
@@ -311,3 +313,15 @@ def test_integer_scores_are_refused(loss, shape, targets, what, transform):
         r"If they really are scores, cast them first, e\.g\. x\.astype\(jnp\.float32\)\.",
     ):
         transform(loss)(jnp.zeros(shape, jnp.int32), targets)
+
+
+@pytest.mark.parametrize("loss", [*LOSSES, accuracy, top_k_accuracy], ids=lambda f: f.__name__)
+@pytest.mark.parametrize("position", [0, 1], ids=["scores", "targets"])
+@pytest.mark.parametrize("bad", [None, "0.5"], ids=["None", "str"])
+def test_inputs_that_are_not_arrays_are_named(loss, position, bad):
+    args = [jnp.full((4, 3), 0.2), jnp.full((4, 3), 0.2)]
+    args[position] = bad
+    with pytest.raises(
+        TypeError, match=rf"^{loss.__name__}: expected an array as \w+, got {type(bad).__name__}"
+    ):
+        loss(*args)

@@ -379,3 +379,48 @@ def test_step_checks_what_loss_and_metrics_return(setup, loss_fn, metrics, error
     step = jnn.make_train_step(model, loss_fn, optimizer, metrics=metrics, donate=False)
     with pytest.raises(error, match=message):
         step(params, optimizer.init(params), (x, y))
+
+
+@pytest.mark.parametrize(
+    ("made_with", "used_with", "message"),
+    [
+        (
+            optax.adam(1e-3),
+            optax.sgd(0.1),  # would run, silently ignoring Adam's moments
+            r"it holds \(ScaleByAdamState, EmptyState\), and optimizer\.init\(params\) makes "
+            r"\(EmptyState, EmptyState\)",
+        ),
+        (
+            optax.sgd(0.1, momentum=0.9),
+            optax.adam(1e-3),  # would fail inside optax: 'TraceState' has no attribute 'mu'
+            r"it holds \(TraceState, EmptyState\), and optimizer\.init\(params\) makes "
+            r"\(ScaleByAdamState, EmptyState\)",
+        ),
+    ],
+)
+def test_an_optimizer_state_from_another_optimizer_is_refused(
+    setup, key, made_with, used_with, message
+):
+    model, _, x, y = setup
+    ts = jnn.init_train_state(model, made_with, key, x[:1])
+    hint = r"\. Hint: pass the optimizer the train state was made with"
+    with pytest.raises(
+        TypeError, match=rf"^fit: the optimizer state does not fit.*{message}{hint}"
+    ):
+        jnn.fit(model, ts, cross_entropy, used_with, (x, y), batch_size=32, progress=False)
+    step = jnn.make_train_step(model, cross_entropy, used_with)
+    with pytest.raises(TypeError, match=rf"^make_train_step: the optimizer state.*{message}"):
+        step(ts, (x, y))
+
+
+def test_an_optimizer_state_for_other_params_is_refused(setup, key):
+    model, _, x, y = setup
+    wider = jnn.init_train_state(jnn.MLP([9, 2]), optax.adam(1e-3), key, x[:1])
+    ts = wider._replace(params=model.init(key, x[:1]))
+    step = jnn.make_train_step(model, cross_entropy, optax.adam(1e-3))
+    with pytest.raises(
+        TypeError,
+        match=r"opt_state\[0\]\.mu\['dense_0'\]\['bias'\] has shape \(9,\), and "
+        r"optimizer\.init\(params\) makes \(8,\) \(a state made for other params\?\)",
+    ):
+        step(ts, (x, y))
