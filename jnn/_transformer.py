@@ -42,11 +42,18 @@ def _check_implementation(owner: str, implementation: str | None) -> None:
 
 
 class TransformerBlock(Module):
-    r"""A pre-norm transformer block: attention, then an MLP, each on a residual path.
+    r"""A transformer block: attention, then an MLP, each on a residual path.
+
+    Pre-norm (``norm_first=True``, the default: GPT-2, LLaMA, ViT) normalizes each
+    step's input; post-norm (``norm_first=False``: the original transformer, BERT, and
+    PyTorch's ``nn.TransformerEncoderLayer`` by default) normalizes each step's sum:
 
     .. math::
-       h = x + \mathrm{Dropout}(\mathrm{Attention}(\mathrm{Norm}(x))), \qquad
-       y = h + \mathrm{Dropout}(\mathrm{MLP}(\mathrm{Norm}(h)))
+       \text{pre-norm:}\quad h = x + \mathrm{Dropout}(\mathrm{Attention}(\mathrm{Norm}(x))),
+       \qquad y = h + \mathrm{Dropout}(\mathrm{MLP}(\mathrm{Norm}(h)))
+
+       \text{post-norm:}\quad h = \mathrm{Norm}(x + \mathrm{Dropout}(\mathrm{Attention}(x))),
+       \qquad y = \mathrm{Norm}(h + \mathrm{Dropout}(\mathrm{MLP}(h)))
 
     An encoder block has ``causal=False``; a decoder block ``causal=True`` (each
     position attends to itself and earlier ones) and, with ``cross_attention=True``, a
@@ -71,7 +78,11 @@ class TransformerBlock(Module):
       norm: The normalization layer used before each step (``LayerNorm()`` by default;
         ``RMSNorm()`` for LLaMA-style blocks).
       mlp: A layer replacing the default MLP; it must map ``features`` to ``features``.
-      activation: Activation of the default MLP.
+      activation: Activation of the default MLP (``jnn.gelu``, JAX's tanh
+        approximation; PyTorch's ``"gelu"`` is ``functools.partial(jnn.gelu,
+        approximate=False)``, its default ``jnn.relu``).
+      norm_first: Pre-norm (True) or post-norm (False). The params have the same names
+        either way (``norm_1``, ``norm_cross``, ``norm_2``).
       implementation: How self- and cross-attention are computed (see
         ``MultiHeadAttention``): ``None`` (by backend), ``"einsum"``, ``"xla"`` or
         ``"cudnn"``.
@@ -86,13 +97,15 @@ class TransformerBlock(Module):
       ``features`` must be divisible by ``num_heads``. Children: ``norm_1``,
       ``attention``, (``norm_cross``, ``cross_attention``), ``norm_2``, ``mlp``.
 
-    ``apply(params, x, context=None, *, mask=None, lengths=None, cache=None)``:
-    ``mask`` (boolean, True = attend) is combined with the causal mask; ``lengths``
-    (integer ``[batch]``, a scalar for one unbatched sequence) hides the keys at
-    positions ``>= lengths[b]`` in self-attention, as ``mask=padding_mask(lengths,
-    length)`` does; with a ``cache`` from ``init_cache`` the block decodes
-    incrementally and returns ``(y, new_cache)`` (``mask`` and ``lengths`` then index
-    the cache's positions).
+    ``apply(params, x, context=None, *, mask=None, lengths=None, context_mask=None,
+    context_lengths=None, cache=None)``: ``mask`` (boolean, True = attend) is combined
+    with the causal mask; ``lengths`` (integer ``[batch]``, a scalar for one unbatched
+    sequence) hides the keys at positions ``>= lengths[b]`` in self-attention, as
+    ``mask=padding_mask(lengths, length)`` does; ``context_mask`` and
+    ``context_lengths`` do the same for cross-attention's keys (the context's
+    positions: PyTorch's ``memory_key_padding_mask``); with a ``cache`` from
+    ``init_cache`` the block decodes incrementally and returns ``(y, new_cache)``
+    (``mask`` and ``lengths`` then index the cache's positions).
 
     Raises:
       ValueError: At construction, for a non-positive ``num_heads``, ``mlp_features``
@@ -100,7 +113,8 @@ class TransformerBlock(Module):
         ``dropout_rate`` outside ``[0, 1]`` or an unknown ``implementation``.
       ShapeError: If ``x`` has the wrong rank, ``features`` is not divisible by
         ``num_heads`` (or gives an odd head size with ``use_rope``), a ``context`` is
-        missing or unexpected, or a custom ``mlp`` changes the shape.
+        missing or unexpected (or its mask or lengths come without one), or a custom
+        ``mlp`` changes the shape.
 
     Examples:
       >>> import jax, jax.numpy as jnp, jnn
@@ -121,6 +135,7 @@ class TransformerBlock(Module):
     norm: Module = LayerNorm()
     mlp: Module | None = None
     activation: Callable = gelu
+    norm_first: bool = True
     implementation: str | None = None
 
     def __post_init__(self):
@@ -136,7 +151,7 @@ class TransformerBlock(Module):
         _check_rate("TransformerBlock", self.dropout_rate)
         _check_implementation("TransformerBlock", self.implementation)
 
-    def _check_input(self, scope: Scope, x: Any, context: Any) -> None:
+    def _check_input(self, scope: Scope, x: Any, context: Any, context_keys: dict) -> None:
         name = self.layer_name()
         # A leaf running this block (Repeat, remat) checks apply's params by tracing init
         # on apply's inputs, which may be one unbatched sequence.
@@ -153,6 +168,13 @@ class TransformerBlock(Module):
                 name,
                 f"got a context of shape {tuple(jnp.shape(context))}, but cross_attention "
                 "is False. Hint: build the block with cross_attention=True.",
+            )
+        given = [k for k, v in context_keys.items() if v is not None]
+        if given and context is None:
+            raise ShapeError(
+                name,
+                f"got {' and '.join(given)} but no context: they mask cross-attention's "
+                "keys (the context's positions); for self-attention use mask and lengths.",
             )
         features = x.shape[-1]
         if features % self.num_heads:
@@ -201,22 +223,40 @@ class TransformerBlock(Module):
         *,
         mask: jax.Array | None = None,
         lengths: jax.Array | None = None,
+        context_mask: jax.Array | None = None,
+        context_lengths: jax.Array | None = None,
         cache: dict | None = None,
     ) -> Any:
-        self._check_input(scope, x, context)
+        context_keys = {"context_mask": context_mask, "context_lengths": context_lengths}
+        self._check_input(scope, x, context, context_keys)
         drop = Dropout(self.dropout_rate)
-        h = scope("norm_1", self.norm, x)
+        pre = self.norm_first
+
+        def before(name: str, x: jax.Array) -> jax.Array:  # a step's input
+            return scope(name, self.norm, x) if pre else x
+
+        def after(name: str, x: jax.Array) -> jax.Array:  # a step's residual sum
+            return x if pre else scope(name, self.norm, x)
+
+        h = before("norm_1", x)
         attention = self._attention(self.use_rope, self.causal)
         if cache is None:
             a = scope("attention", attention, h, mask=mask, kv_lengths=lengths)
         else:  # the cache attends causally by itself
             a, cache = scope("attention", attention, h, mask=mask, kv_lengths=lengths, cache=cache)
-        x = x + scope("dropout_1", drop, a)
+        x = after("norm_1", x + scope("dropout_1", drop, a))
         if self.cross_attention:
-            h = scope("norm_cross", self.norm, x)
-            a = scope("cross_attention", self._attention(False, False), h, context)
-            x = x + scope("dropout_cross", drop, a)
-        h = scope("norm_2", self.norm, x)
+            h = before("norm_cross", x)
+            a = scope(
+                "cross_attention",
+                self._attention(False, False),
+                h,
+                context,
+                mask=context_mask,
+                kv_lengths=context_lengths,
+            )
+            x = after("norm_cross", x + scope("dropout_cross", drop, a))
+        h = before("norm_2", x)
         mlp = self.mlp or MLP([self.mlp_features, x.shape[-1]], activation=self.activation)
         m = scope("mlp", mlp, h)
         if jnp.shape(m) != jnp.shape(x):
@@ -225,5 +265,5 @@ class TransformerBlock(Module):
                 f"the mlp must map features to features: it gave shape {tuple(jnp.shape(m))} "
                 f"for input shape {tuple(x.shape)}.",
             )
-        x = x + scope("dropout_2", drop, m)
+        x = after("norm_2", x + scope("dropout_2", drop, m))
         return x if cache is None else (x, cache)

@@ -732,6 +732,100 @@ def multi_head_attention(case):
     return torch_and_jnn(torch_attention, jnn_attention, inputs, module)
 
 
+# --------------------------------------------------------------------------- transformer blocks
+
+
+def transformer_block_params(p, num_heads, cross_attention):
+    """``nn.TransformerEncoderLayer``/``DecoderLayer``: ``self_attn`` is ``attention``,
+    ``linear1``/``linear2`` the MLP's ``dense_0``/``dense_1``; the encoder's ``norm1``,
+    ``norm2`` are ``norm_1``, ``norm_2``, the decoder's ``norm1``, ``norm2``, ``norm3``
+    are ``norm_1``, ``norm_cross``, ``norm_2`` (``multihead_attn`` is ``cross_attention``)."""
+    params = {
+        "attention": attention_params(prefixed(p, "self_attn."), num_heads),
+        "mlp": {
+            "dense_0": dense_params(prefixed(p, "linear1.")),
+            "dense_1": dense_params(prefixed(p, "linear2.")),
+        },
+        "norm_1": norm_params(prefixed(p, "norm1.")),
+    }
+    if not cross_attention:
+        return params | {"norm_2": norm_params(prefixed(p, "norm2."))}
+    return params | {
+        "cross_attention": attention_params(prefixed(p, "multihead_attn."), num_heads),
+        "norm_cross": norm_params(prefixed(p, "norm2.")),
+        "norm_2": norm_params(prefixed(p, "norm3.")),
+    }
+
+
+# (decoder, norm_first, activation, causal): PyTorch's defaults first (post-norm, relu)
+TRANSFORMER_CASES = {
+    "encoder-post-norm-relu-padding": (False, False, "relu", False),
+    "encoder-pre-norm-gelu-causal-padding": (False, True, "gelu", True),
+    "decoder-post-norm-relu-causal-context-padding": (True, False, "relu", True),
+    "decoder-pre-norm-gelu-causal-context-padding": (True, True, "gelu", True),
+}
+
+
+@pytest.mark.parametrize("case", list(TRANSFORMER_CASES))
+def test_transformer_block(case):
+    decoder, norm_first, activation, causal = TRANSFORMER_CASES[case]
+    batch, length, context_length, features, heads, hidden = 3, 5, 4, 8, 2, 16
+    kind = torch.nn.TransformerDecoderLayer if decoder else torch.nn.TransformerEncoderLayer
+    module = randomize(
+        kind(
+            features,
+            heads,
+            hidden,
+            dropout=0.0,
+            activation=activation,
+            batch_first=True,
+            norm_first=norm_first,
+        ),
+        scale=0.3,
+    )
+    block = jnn.TransformerBlock(
+        heads,
+        hidden,
+        causal=causal,
+        cross_attention=decoder,
+        norm_first=norm_first,
+        # PyTorch's "gelu" is the exact one; JAX's default is the tanh approximation
+        activation=jnn.relu
+        if activation == "relu"
+        else functools.partial(jnn.gelu, approximate=False),
+    )
+    lengths = np.array([length, 3, 1])  # self-attention padding (the encoder's)
+    context_lengths = np.array([context_length, 2, 1])
+
+    def padding(lengths, size):  # PyTorch's key_padding_mask: True = padding
+        return torch.arange(size)[None] >= torch.from_numpy(lengths)[:, None]
+
+    def torch_block(x, context=None):
+        mask = torch.ones(length, length, dtype=torch.bool).triu(1) if causal else None
+        if not decoder:
+            return module(
+                x, src_mask=mask, src_key_padding_mask=padding(lengths, length), is_causal=causal
+            )
+        return module(
+            x,
+            context,
+            tgt_mask=mask,
+            tgt_is_causal=causal,
+            memory_key_padding_mask=padding(context_lengths, context_length),
+        )
+
+    def jnn_block(p, x, context=None):
+        params = transformer_block_params(p, heads, decoder)
+        if not decoder:
+            return block.apply(params, x, lengths=jnp.asarray(lengths))
+        return block.apply(params, x, context, context_lengths=jnp.asarray(context_lengths))
+
+    inputs = [normal(batch, length, features)]
+    if decoder:
+        inputs.append(normal(batch, context_length, features, scale=1.5))
+    assert_matches_torch(torch_block, jnn_block, inputs, module)
+
+
 # --------------------------------------------------------------------------- losses
 
 

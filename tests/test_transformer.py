@@ -48,6 +48,64 @@ def test_cross_attention_block(key, x):
         block.apply(params, x)
 
 
+def test_post_norm_block_equals_its_parts_applied_by_hand(key, x):
+    context = jax.random.normal(key, (2, 9, 16))
+    block = jnn.TransformerBlock(4, 32, cross_attention=True, norm_first=False)
+    params = block.init(key, x, context)
+    pre = jnn.TransformerBlock(4, 32, cross_attention=True)
+    assert jax.tree.structure(params) == jax.tree.structure(pre.init(key, x, context))
+    attention, norm = jnn.MultiHeadAttention(4), jnn.LayerNorm()
+    mlp = jnn.MLP([32, 16], activation=jnn.gelu)
+    h = norm.apply(params["norm_1"], x + attention.apply(params["attention"], x))
+    h = norm.apply(params["norm_cross"], h + attention.apply(params["cross_attention"], h, context))
+    expected = norm.apply(params["norm_2"], h + mlp.apply(params["mlp"], h))
+    np.testing.assert_allclose(block.apply(params, x, context), expected, rtol=1e-5, atol=1e-5)
+    assert not np.allclose(pre.apply(params, x, context), expected, atol=1e-2)
+
+
+@pytest.mark.parametrize("norm_first", [True, False], ids=["pre-norm", "post-norm"])
+def test_context_lengths_hide_the_contexts_padding(key, x, norm_first):
+    context = jax.random.normal(key, (2, 9, 8))
+    block = jnn.TransformerBlock(2, 32, cross_attention=True, norm_first=norm_first)
+    params = block.init(key, x, context)
+    lengths = jnp.array([9, 4])
+    by_lengths = block.apply(params, x, context, context_lengths=lengths)
+    by_mask = block.apply(params, x, context, context_mask=jnn.padding_mask(lengths, 9))
+    cut = block.apply(params, x[1:], context[1:, :4])  # the second context without padding
+    np.testing.assert_allclose(by_lengths, by_mask, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(by_lengths[1:], cut, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(by_lengths[:1], block.apply(params, x, context)[:1], atol=1e-6)
+    jitted = jax.jit(block.apply)(params, x, context, context_lengths=lengths)
+    np.testing.assert_allclose(jitted, by_lengths, rtol=1e-5, atol=1e-5)
+    one = jax.vmap(lambda a, c, n: block.apply(params, a, c, context_lengths=n))(
+        x, context, lengths
+    )
+    np.testing.assert_allclose(one, by_lengths, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ShapeError, match=r"got context_lengths but no context: they mask"):
+        jnn.TransformerBlock(2, 32).apply(
+            jnn.TransformerBlock(2, 32).init(key, x), x, context_lengths=lengths
+        )
+
+
+def test_post_norm_decoding_with_a_cache_equals_the_full_pass(key, x):
+    block = jnn.TransformerBlock(4, 32, causal=True, norm_first=False)
+    params = block.init(key, x)
+    full = block.apply(params, x)
+    cache = block.init_cache(params, 2, 6)
+    steps = []
+    for t in range(6):
+        y, cache = block.apply(params, x[:, t : t + 1], cache=cache)
+        steps.append(y)
+    np.testing.assert_allclose(jnp.concatenate(steps, 1), full, rtol=1e-5, atol=1e-5)
+
+
+def test_post_norm_block_gradients(key):
+    x = jax.random.normal(key, (1, 3, 4))
+    block = jnn.TransformerBlock(2, 8, causal=True, norm_first=False)
+    params = block.init(key, x)
+    jax.test_util.check_grads(lambda p, v: block.apply(p, v), (params, x), order=1, modes="rev")
+
+
 @pytest.mark.parametrize("use_rope", [True, False])
 def test_lm_cached_decoding_equals_the_full_forward_pass(key, use_rope):
     lm = jnn.TransformerLM(
