@@ -58,7 +58,17 @@ class _ConvBase(Module):
         per_axis(name, "kernel_size", self.kernel_size, n)
         per_axis(name, "stride", self.stride, n)
         per_axis(name, "dilation", self.dilation, n)
-        check_padding(name, self.padding, n)
+        if self.padding == "CAUSAL":
+            if not isinstance(self, Conv) or n != 1:
+                raise ValueError(
+                    f"{name}: padding='causal' is for 1-D convolutions over time (Conv with "
+                    f"one kernel size), got {n} spatial axes. Hint: give (low, high) pairs "
+                    "per axis, e.g. ((k - 1, 0), ...)."
+                    if isinstance(self, Conv)
+                    else f"{name}: padding='causal' is for Conv, not {name}."
+                )
+        else:
+            check_padding(name, self.padding, n)
         check_positive_int(self, "groups", self.groups)
         if self.features % self.groups:
             raise ValueError(
@@ -167,10 +177,14 @@ class Conv(_ConvBase):
       kernel_size: Window size, an int (1-D) or one int per spatial axis.
       stride: Step of the window, an int or one per spatial axis.
       padding: ``"SAME"`` (output size ``ceil(in / stride)``; the odd extra zero goes on
-        the high side, as in ``jax.lax`` and TensorFlow), ``"VALID"`` (no padding), an
-        int ``p`` (``p`` zeros on both sides of every axis), or one int or
-        ``(low, high)`` pair per spatial axis. Then, as in PyTorch, the output size is
-        ``(in + low + high - dilation * (kernel_size - 1) - 1) // stride + 1``.
+        the high side, as in ``jax.lax`` and TensorFlow), ``"VALID"`` (no padding),
+        ``"CAUSAL"`` (1-D only, as Keras' ``Conv1D``: all ``dilation * (kernel_size -
+        1)`` zeros before the sequence, so output ``t`` sees inputs ``<= t`` only; output
+        size ``ceil(in / stride)``; for WaveNet-style temporal networks), an int ``p``
+        (``p`` zeros on both sides of every axis), or one int or ``(low, high)`` pair per
+        spatial axis. Then, as in PyTorch, the output size is
+        ``(in + low + high - dilation * (kernel_size - 1) - 1) // stride + 1``. Strings
+        are case-insensitive.
       dilation: Spacing between kernel taps (atrous convolution).
       groups: Number of groups (``feature_group_count``): input and output channels are
         split into ``groups`` blocks convolved separately. ``groups == in_channels`` is a
@@ -204,8 +218,8 @@ class Conv(_ConvBase):
         ``kernel_size``, an integer ``param_dtype``).
       ValueError: At construction, for invalid values: sizes, strides or dilations that
         are not positive or not one per spatial axis, negative padding, a padding
-        string other than ``"SAME"``/``"VALID"``, ``features`` not divisible by
-        ``groups``.
+        string other than ``"SAME"``/``"VALID"``/``"CAUSAL"`` (or ``"CAUSAL"`` with
+        more than one spatial axis), ``features`` not divisible by ``groups``.
       ShapeError: If the input's rank does not fit ``kernel_size`` (or, at init, lacks
         the batch axis), its channels differ from init or are not a multiple of
         ``groups``, or the padded input is smaller than the dilated kernel.
@@ -242,9 +256,10 @@ class Conv(_ConvBase):
         """The zeros added to each spatial axis; raises if the output would be empty."""
         kernel_size, stride, dilation = self._geometry()
         extent = tuple(d * (k - 1) + 1 for k, d in zip(kernel_size, dilation, strict=True))
-        return resolve_padding(
-            self, self.padding, spatial, shape, extent, stride, "the dilated kernel"
-        )
+        padding = self.padding
+        if padding == "CAUSAL":  # every zero before the sequence: output t sees inputs <= t
+            padding = ((extent[0] - 1, 0),)
+        return resolve_padding(self, padding, spatial, shape, extent, stride, "the dilated kernel")
 
     def _convolve(self, x: jax.Array, weight: jax.Array, pads: Pairs) -> jax.Array:
         _, stride, dilation = self._geometry()

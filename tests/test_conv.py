@@ -38,6 +38,8 @@ def conv_pairs(padding, spatial, kernel, stride, dilation):
         return [same_pads(*args) for args in zip(spatial, kernel, stride, dilation, strict=True)]
     if padding == "VALID":
         return [(0, 0)] * n
+    if padding == "CAUSAL":  # Keras' Conv1D: every zero before the sequence
+        return [(dilation[0] * (kernel[0] - 1), 0)]
     return [(p, p) if isinstance(p, int) else tuple(p) for p in per_axis(padding, n)]
 
 
@@ -123,7 +125,9 @@ CONV_CASES = [
     ((8,), (4,), 2, "SAME", 1, 1, 2, 3),
     ((9,), 3, 2, "VALID", 2, 1, 2, 2),
     ((6,), (2,), 3, 1, 1, 2, 4, 2),
-    ((5,), (3,), 1, ((2, 0),), 1, 4, 4, 4),  # causal padding, depthwise
+    ((5,), (3,), 1, ((2, 0),), 1, 4, 4, 4),  # causal padding by hand, depthwise
+    ((9,), (3,), 1, "CAUSAL", 2, 1, 2, 3),  # dilated, WaveNet-style
+    ((8,), (2,), 3, "CAUSAL", 1, 1, 2, 2),  # strided: ceil(8 / 3) outputs
     ((5, 6), (3, 3), 1, "SAME", 1, 1, 3, 4),
     ((6, 5), (3, 2), (2, 1), "SAME", (1, 2), 1, 2, 3),
     ((7, 7), (3, 3), 2, "VALID", 1, 2, 4, 2),
@@ -458,6 +462,19 @@ def test_hyperparameter_type_errors(make, match):
         make()
 
 
+def test_causal_padding_sees_only_the_past(rng):
+    conv = Conv(3, 3, padding="causal", dilation=2)
+    assert conv.padding == "CAUSAL"
+    x = jnp.asarray(random(rng, (1, 10, 2)))
+    params = random_params(rng, conv, x)
+    jacobian = np.asarray(jax.jacrev(lambda v: conv.apply(params, v))(x[0]))  # [t,f,s,c]
+    reach = np.abs(jacobian).sum((1, 3))  # how much output t depends on input s
+    assert (np.triu(reach, 1) == 0).all()  # nothing from the future
+    assert (np.diag(reach) > 0).all() and (reach[4:, :] > 0).sum(1).min() == 3  # 3 taps
+    by_hand = Conv(3, 3, padding=((4, 0),), dilation=2)
+    np.testing.assert_allclose(conv.apply(params, x), by_hand.apply(params, x), rtol=1e-6)
+
+
 @pytest.mark.parametrize(
     "make, match",
     [
@@ -480,6 +497,15 @@ def test_hyperparameter_type_errors(make, match):
         ),
         (lambda: Conv(4, (3, 3), padding=((1, 1),)), r"pair per spatial axis \(2\), got"),
         (lambda: Conv(4, 3, padding=-1), r"Conv: padding must be non-negative, got -1\."),
+        (
+            lambda: Conv(4, (3, 3), padding="causal"),
+            r"^Conv: padding='causal' is for 1-D convolutions over time \(Conv with one kernel "
+            r"size\), got 2 spatial axes\. Hint: give \(low, high\) pairs per axis",
+        ),
+        (
+            lambda: ConvTranspose(4, 3, padding="causal"),
+            r"^ConvTranspose: padding='causal' is for Conv, not ConvTranspose\.$",
+        ),
         (lambda: Conv(4, 3, padding=((0, -1),)), r"Conv: padding must be non-negative"),
         (lambda: Conv(4, 3, groups=0), r"Conv: groups must be a positive int, got 0\."),
         (lambda: Conv(6, 3, groups=4), r"Conv: features \(6\) must be divisible by groups \(4\)"),
