@@ -84,6 +84,7 @@ from jnn._summary import LayerSummary, Summary, summary
 from jnn._train_state import TrainState, epoch_key, init_train_state, step_key
 from jnn._training import evaluate, make_eval_step
 from jnn._transformer import TransformerBlock
+from jnn._upsample import Upsample
 from jnn.activations import (
     elu,
     gelu,
@@ -125,6 +126,7 @@ __all__ = [
     "GlobalAvgPool",
     "AdaptiveAvgPool",
     "AdaptiveMaxPool",
+    "Upsample",
     "Flatten",
     "Reshape",
     "Dropout",

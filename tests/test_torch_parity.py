@@ -370,6 +370,30 @@ def test_pool(kind, case):
     assert_matches_torch(module, jnn_pool, [normal(2, 3, *spatial)])
 
 
+# (spatial input shape, scale_factor, mode)
+UPSAMPLE_CASES = {
+    "1d-nearest": ((5,), 3, "nearest"),
+    "1d-linear": ((5,), 3, "linear"),
+    "2d-nearest": ((3, 4), (2, 3), "nearest"),
+    "2d-bilinear": ((3, 4), (2, 3), "bilinear"),
+    "3d-trilinear": ((2, 3, 2), (2, 1, 3), "trilinear"),
+}
+
+
+@pytest.mark.parametrize("case", list(UPSAMPLE_CASES))
+def test_upsample(case):
+    spatial, factor, mode = UPSAMPLE_CASES[case]
+    module = torch.nn.Upsample(
+        scale_factor=factor, mode=mode, align_corners=None if mode == "nearest" else False
+    )
+    layer = jnn.Upsample(factor, method=mode)
+
+    def jnn_upsample(p, x):
+        return channels_first(layer.apply(p, channels_last(x)))
+
+    assert_matches_torch(module, jnn_upsample, [normal(2, 3, *spatial)])
+
+
 # --------------------------------------------------------------------------- normalization
 
 
