@@ -66,6 +66,7 @@ from jnn._positional import (
     sinusoidal_positions,
 )
 from jnn._precision import MixedPrecision, Policy
+from jnn._prelu import PReLU
 from jnn._profile import StepProfile, profile_step
 from jnn._regression_losses import huber, mean_absolute_error, mean_squared_error
 from jnn._reshape import Flatten, Reshape
@@ -129,6 +130,7 @@ __all__ = [
     "Upsample",
     "Flatten",
     "Reshape",
+    "PReLU",
     "Dropout",
     "Embedding",
     "SimpleRNNCell",

@@ -34,7 +34,13 @@ def _function_name(fn: Callable) -> str:
     return getattr(fn, "__name__", type(fn).__name__)
 
 
+# Class names the rule below would split badly (P-Re-LU).
+_SNAKE_NAMES = {"PReLU": "prelu"}
+
+
 def _snake(name: str) -> str:
+    if name in _SNAKE_NAMES:
+        return _SNAKE_NAMES[name]
     name = re.sub(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])", "_", name)
     name = re.sub(r"[^A-Za-z0-9_]", "_", name).strip("_").lower()
     return name or "layer"

@@ -233,6 +233,18 @@ def test_activations():
     assert_matches_torch(torch_activations, jnn_activations, [x])
 
 
+@pytest.mark.parametrize("channels", [1, 4], ids=["shared", "per-channel"])
+def test_prelu(channels):
+    module = randomize(torch.nn.PReLU(channels), scale=0.3)
+    layer = jnn.PReLU(per_channel=channels > 1)
+
+    def jnn_prelu(p, x):  # PyTorch's slopes are on axis 1; jnn's on the last
+        slope = p["weight"] if channels > 1 else p["weight"].reshape(())
+        return channels_first(layer.apply({"negative_slope": slope}, channels_last(x)))
+
+    assert_matches_torch(module, jnn_prelu, [normal(2, 4, 3, 5)], module)
+
+
 @pytest.mark.parametrize("activation", ["relu", "gelu-exact"])
 def test_mlp_matches_sequential(activation):
     jnn_activation, torch_activation = ACTIVATIONS[activation]
