@@ -14,7 +14,7 @@ import numpy as np
 from jnn._checks import check_floating
 from jnn._errors import ShapeError
 from jnn._module import Module, Params, Shape
-from jnn._spatial import batch_one, check_spatial_input, freeze, is_int
+from jnn._spatial import SpatialTransform, check_spatial_input, freeze, is_int
 
 __all__ = ["AdaptiveAvgPool", "AdaptiveMaxPool", "GlobalMaxPool", "GlobalAvgPool"]
 
@@ -65,7 +65,7 @@ def _pool_axis(x: jax.Array, axis: int, out: int, kind: str) -> jax.Array:
     return (total / count).astype(x.dtype)
 
 
-class _AdaptivePool(Module):
+class _AdaptivePool(SpatialTransform):
     """What ``AdaptiveAvgPool`` and ``AdaptiveMaxPool`` share."""
 
     output_size: int | Sequence[int | None]
@@ -90,7 +90,7 @@ class _AdaptivePool(Module):
         """The number of spatial axes: ``len(output_size)``, or 1 for an int."""
         return 1 if is_int(self.output_size) else len(self.output_size)
 
-    def _sizes(self, x: jax.Array, init: bool = False) -> Shape:
+    def _check(self, x: jax.Array, init: bool = False) -> Shape:
         """Check ``x``; the output size of each of its spatial axes."""
         n = self.spatial_ndim
         sizes = (self.output_size,) if is_int(self.output_size) else self.output_size
@@ -100,24 +100,10 @@ class _AdaptivePool(Module):
         )
         return tuple(size if s is None else s for size, s in zip(spatial, sizes, strict=True))
 
-    def init(self, key: jax.Array, x: jax.Array) -> Params:
-        del key
-        self._sizes(x, init=True)
-        return {}
-
-    def check_inputs(self, params: Params, x: jax.Array) -> None:
-        """Check ``x`` before the generic checks, so the message comes first."""
-        del params
-        self._sizes(x)
-
-    def apply(self, params: Params, x: jax.Array) -> jax.Array:
-        del params
-        x = jnp.asarray(x)
-        sizes = self._sizes(x)
-        x, batched = batch_one(x, self.spatial_ndim)
+    def _transform(self, x: jax.Array, sizes: Shape) -> jax.Array:
         for axis, out in enumerate(sizes, start=1):
             x = _pool_axis(x, axis, out, self._kind)
-        return x if batched else x[0]
+        return x
 
 
 class AdaptiveAvgPool(_AdaptivePool):

@@ -14,10 +14,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jnn._module import Module, Params, Shape
+from jnn._module import Shape
 from jnn._spatial import (
     Pairs,
-    batch_one,
+    SpatialTransform,
     check_padding,
     check_spatial_input,
     freeze,
@@ -112,7 +112,7 @@ def _avg_pool(
     return (total / count).astype(x.dtype)
 
 
-class _Pool(Module):
+class _Pool(SpatialTransform):
     """What ``MaxPool`` and ``AvgPool`` share: hyperparameters, checks and geometry."""
 
     window: int | Sequence[int]
@@ -161,23 +161,8 @@ class _Pool(Module):
         )
         return window, stride, pads
 
-    def init(self, key: jax.Array, x: jax.Array) -> Params:
-        del key
-        self._check(x, init=True)
-        return {}
-
-    def check_inputs(self, params: Params, x: jax.Array) -> None:
-        """Check ``x`` before the generic checks, so the message comes first."""
-        del params
-        self._check(x)
-
-    def apply(self, params: Params, x: jax.Array) -> jax.Array:
-        del params
-        x = jnp.asarray(x)
-        geometry = self._check(x)
-        x, batched = batch_one(x, self.spatial_ndim)
-        y = self._pool(x, *geometry)
-        return y if batched else y[0]
+    def _transform(self, x: jax.Array, checked: tuple[Shape, Shape, Pairs]) -> jax.Array:
+        return self._pool(x, *checked)
 
 
 class MaxPool(_Pool):

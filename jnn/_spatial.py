@@ -18,7 +18,7 @@ import jax.numpy as jnp
 
 from jnn._checks import check_floating, is_apply_check
 from jnn._errors import ShapeError, layer_name
-from jnn._module import Module, Shape
+from jnn._module import Module, Params, Shape
 
 Pairs = tuple[tuple[int, int], ...]
 _AXES = {1: "length", 2: "height, width", 3: "depth, height, width"}
@@ -188,3 +188,37 @@ def batch_one(x: jax.Array, n: int) -> tuple[jax.Array, bool]:
     """``x`` with a batch axis, and whether it had one (rank ``n + 2``)."""
     batched = x.ndim == n + 2
     return (x if batched else x[None]), batched
+
+
+class SpatialTransform(Module):
+    """A layer without params over spatial axes, channels last (pooling, upsampling).
+
+    A subclass gives ``spatial_ndim``, ``_check(x, init=False)``, which checks the input
+    (with ``check_spatial_input``) and returns what the computation needs, and
+    ``_transform(x, checked)``, the computation on a batched input. ``init`` checks the
+    sample and returns ``{}``; ``apply`` also takes one unbatched example.
+    """
+
+    def _check(self, x: jax.Array, init: bool = False) -> Any:
+        raise NotImplementedError
+
+    def _transform(self, x: jax.Array, checked: Any) -> jax.Array:
+        raise NotImplementedError
+
+    def init(self, key: jax.Array, x: jax.Array) -> Params:
+        del key
+        self._check(x, init=True)
+        return {}
+
+    def check_inputs(self, params: Params, x: jax.Array) -> None:
+        """Check ``x`` before the generic checks, so the message comes first."""
+        del params
+        self._check(x)
+
+    def apply(self, params: Params, x: jax.Array) -> jax.Array:
+        del params
+        x = jnp.asarray(x)
+        checked = self._check(x)
+        x, batched = batch_one(x, self.spatial_ndim)
+        y = self._transform(x, checked)
+        return y if batched else y[0]

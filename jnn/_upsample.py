@@ -7,15 +7,15 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 
-from jnn._module import Module, Params, Shape
-from jnn._spatial import batch_one, check_spatial_input, freeze, is_int
+from jnn._module import Shape
+from jnn._spatial import SpatialTransform, check_spatial_input, freeze, is_int
 
 __all__ = ["Upsample"]
 
 _METHODS = ("nearest", "linear")
 
 
-class Upsample(Module):
+class Upsample(SpatialTransform):
     r"""Enlarge each spatial axis by an integer factor, channels last.
 
     Keras' ``UpSampling1D/2D/3D`` and PyTorch's ``nn.Upsample(scale_factor=...)`` with
@@ -99,21 +99,7 @@ class Upsample(Module):
             example=self._factors(),
         )
 
-    def init(self, key: jax.Array, x: jax.Array) -> Params:
-        del key
-        self._check(x, init=True)
-        return {}
-
-    def check_inputs(self, params: Params, x: jax.Array) -> None:
-        """Check ``x`` before the generic checks, so the message comes first."""
-        del params
-        self._check(x)
-
-    def apply(self, params: Params, x: jax.Array) -> jax.Array:
-        del params
-        x = jnp.asarray(x)
-        spatial = self._check(x)
-        x, batched = batch_one(x, self.spatial_ndim)
+    def _transform(self, x: jax.Array, spatial: Shape) -> jax.Array:
         factors = self._factors()
         if self.method == "nearest":
             for axis, f in enumerate(factors, start=1):
@@ -125,4 +111,4 @@ class Upsample(Module):
             # interpolation weights exact for half-precision inputs.
             wide = x.astype(jnp.promote_types(x.dtype, jnp.float32))
             x = jax.image.resize(wide, out, "linear", antialias=False).astype(x.dtype)
-        return x if batched else x[0]
+        return x
