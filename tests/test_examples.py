@@ -4,12 +4,14 @@ Each one also answers ``--help`` without loading JAX, shows progress while it tr
 writes its files to ``--output-dir``, never to the working directory.
 """
 
+import datetime
 import math
 import os
 import re
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 from example_scripts import EXAMPLES, load
 
@@ -47,6 +49,7 @@ PROGRESS = {
     "rnn_timeseries": ("err", r"epoch 3/3: .*\[\d\d:\d\d<.*loss=\d"),
     "text_classifier": ("err", r"epoch 1/1: .*\[\d\d:\d\d<.*loss=\d"),
     "char_transformer": ("out", r"step +5/5: train loss \d+\.\d+ bits/char, \d+\.\d s\n"),
+    "date_translation": ("out", r"step +5/5: train loss \d+\.\d+, \d+\.\d s\n"),
     "recommender": ("err", r"epoch 2/2: .*\[\d\d:\d\d<.*loss=\d"),
     "explain_digits": ("err", r"epoch 2/2: .*\[\d\d:\d\d<.*loss=\d"),
     "gan_digits": ("out", r"epoch +2/2: D loss \d+\.\d+, G loss \d+\.\d+, .* \d+\.\d s\n"),
@@ -193,6 +196,35 @@ def test_text_classifier_encode_pads_and_cuts():
     assert ids[0].tolist() == [2, 3] + [module.PAD] * (module.MAX_LENGTH - 2)
     assert ids[1].tolist() == [4] * module.MAX_LENGTH
     assert ids[2, :2].tolist() == [2, module.UNKNOWN]
+
+
+def test_date_translation_smoke(capsys):
+    module = load("date_translation")
+    result = module.main(["--smoke", "--post-norm", "--layers", "1", "--features", "16"])
+    assert 0.0 <= result["exact"] <= result["per_character"] <= 1.0
+    assert 0.3 < result["baseline"] < 0.6
+    captured = capsys.readouterr()
+    assert "post-norm blocks" in captured.out and "held-out exact matches" in captured.out
+    check_run("date_translation", captured)
+
+
+def test_date_translation_data():
+    module = load("date_translation")
+    rng = np.random.default_rng(0)
+    sources, targets = module.make_pairs(2000, False, rng)
+    held_sources, held_targets = module.make_pairs(500, True, rng)
+    first = module.FIRST
+    day = lambda iso: (datetime.date.fromisoformat(iso) - first).days  # noqa: E731
+    assert all(day(t) % 10 for t in targets) and not any(day(t) % 10 for t in held_targets)
+    assert {"March 5, 1987", "the 5th of March 1987", "5.3.1987", "1987/03/05"} <= {
+        f(datetime.date(1987, 3, 5)) for f in module.FORMATS
+    }
+    vocabulary = module.make_vocabulary()
+    ids, lengths = module.encode(sources + held_sources, vocabulary, 40)  # every character known
+    assert lengths.max() <= 40 and (ids[:, 0] > module.START).all()
+    assert (
+        module.ordinal(1) == "1st" and module.ordinal(12) == "12th" and module.ordinal(23) == "23rd"
+    )
 
 
 def test_population_smoke(output_dir, capsys):
