@@ -11,6 +11,7 @@ import numpy as np
 
 from jnn._checks import check_positive_int
 from jnn._errors import ShapeError
+from jnn._train_checks import as_typed_key
 
 __all__ = ["batches"]
 
@@ -119,6 +120,8 @@ def batches(
             f"{name}: batch_size {batch_size} is larger than the {n} examples, so "
             "drop_last=True yields no batch. Hint: lower batch_size, or pass drop_last=False."
         )
+    if key is not None:
+        key = as_typed_key(name, key)
     order = None if key is None else np.asarray(jax.random.permutation(key, n))
     stop = n - n % batch_size if drop_last else n
     return _iterate(data, n, batch_size, order, stop)

@@ -61,6 +61,11 @@ def profile_step(step: Callable, *args: Any, repeats: int = 50, warmup: int = 3)
       >>> profile.compile > 0 and profile.run > 0
       True
     """
+    if not callable(step):
+        raise TypeError(
+            f"profile_step: expected the step function first, got {type(step).__name__}. "
+            "Hint: jnn.profile_step(step, *args)."
+        )
     jitted = step if hasattr(step, "trace") else jax.jit(step)
     start = time.perf_counter()
     traced = jitted.trace(*args)

@@ -318,6 +318,10 @@ def make_mesh(
     Returns:
       A ``jax.sharding.Mesh``.
 
+    Raises:
+      ValueError: If the sizes and names differ in number, or the sizes need more
+        devices than there are (with the CPU flag that makes more, on a CPU).
+
     Examples:
       >>> import jnn
       >>> mesh = jnn.make_mesh((1, 1), ("data", "model"))
@@ -325,6 +329,27 @@ def make_mesh(
       {'data': 1, 'model': 1}
     """
     axis_shapes, axis_names = tuple(axis_shapes), tuple(axis_names)
+    if len(axis_shapes) != len(axis_names):
+        raise ValueError(
+            f"make_mesh: got {len(axis_shapes)} axis sizes {axis_shapes} but "
+            f"{len(axis_names)} names {axis_names}; give one name per axis."
+        )
+    available = len(jax.devices()) if devices is None else len(devices)
+    if math.prod(axis_shapes) > available:
+        if devices is not None:
+            have = f"{available} were given"
+        else:
+            have = f"there are {available} ({jax.devices()[0].platform})"
+        hint = (
+            " Hint: on a CPU, XLA_FLAGS=--xla_force_host_platform_device_count=N (set "
+            "before JAX starts) makes N devices to try a layout."
+            if devices is None and jax.devices()[0].platform == "cpu"
+            else ""
+        )
+        raise ValueError(
+            f"make_mesh: axis sizes {axis_shapes} need {math.prod(axis_shapes)} devices, "
+            f"but {have}.{hint}"
+        )
     kwargs: dict[str, Any] = {} if devices is None else {"devices": devices}
     axis_type = getattr(jax.sharding, "AxisType", None)
     if axis_type is not None:

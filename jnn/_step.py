@@ -57,7 +57,7 @@ def _update(
 
     Returns ``(params, opt_state, state, logs, finite, scale)``.
     """
-    inputs, targets = split_batch(batch)
+    inputs, targets = split_batch(name, batch)
 
     def objective(p):
         if state is None:

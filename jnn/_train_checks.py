@@ -22,10 +22,14 @@ LossFn = Callable[[Any, Any], jax.Array]
 MetricFns = Mapping[str, Callable[[Any, Any], jax.Array]]
 
 
-def split_batch(batch: Any) -> tuple[tuple, Any]:
+def split_batch(name: str, batch: Any) -> tuple[tuple, Any]:
+    """``(inputs as a tuple, targets)`` of a ``(inputs, targets)`` batch."""
     if not (isinstance(batch, tuple | list) and len(batch) == 2):
+        got = (
+            f"an array of shape {batch.shape}" if hasattr(batch, "shape") else type(batch).__name__
+        )
         raise TypeError(
-            f"expected a batch (inputs, targets), got {type(batch).__name__}"
+            f"{name}: expected a batch (inputs, targets), got {got}"
             + (f" of length {len(batch)}" if isinstance(batch, tuple | list) else "")
             + ". Hint: for several inputs use ((x1, x2), targets)."
         )

@@ -66,7 +66,7 @@ def _eval_step(model: Module, loss_fn: LossFn | None, metrics: tuple) -> Callabl
     name = "evaluate"
 
     def eval_step(params, batch, state=None):
-        inputs, targets = split_batch(batch)
+        inputs, targets = split_batch(name, batch)
         if state is None:
             outputs = model.apply(params, *inputs)
         else:

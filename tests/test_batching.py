@@ -38,6 +38,8 @@ def test_batches_errors(data):
         list(jnn.batches((x, y[:10]), 4))
     with pytest.raises(ValueError, match="batches: batch_size must be a positive int"):
         list(jnn.batches((x, y), 0))
+    with pytest.raises(TypeError, match=r"^batches: expected key to be a PRNG key such as "):
+        list(jnn.batches((x, y), 4, key=3))
 
 
 def test_batches_are_checked_when_called(data):

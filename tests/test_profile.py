@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 import optax
+import pytest
 
 import jnn
 
@@ -27,3 +28,8 @@ def test_profile_a_plain_function():
     profile = jnn.profile_step(lambda a: a @ a, jnp.ones((16, 16)), repeats=2, warmup=0)
     assert profile.flops is None or abs(profile.flops - 2 * 16**3) / (2 * 16**3) < 0.1
     assert jax.tree.leaves(profile)
+
+
+def test_the_step_comes_first():
+    with pytest.raises(TypeError, match=r"^profile_step: expected the step function first, got"):
+        jnn.profile_step(jnp.ones(3), lambda a: a)

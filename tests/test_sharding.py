@@ -459,3 +459,13 @@ def test_two_processes_train_data_parallel_over_loopback(tmp_path):
     assert result["local_device_count"] == 4
     np.testing.assert_allclose(result["losses"], result["reference"], rtol=LOSS_RTOL)
     assert result["fit_error"].startswith("fit: mesh= trains in one process, and this is one of 2")
+
+
+def test_make_mesh_errors():
+    count = len(jax.devices())
+    with pytest.raises(
+        ValueError, match=rf"^make_mesh: axis sizes \({count + 1},\) need {count + 1} devices, but"
+    ):
+        make_mesh((count + 1,), ("data",))
+    with pytest.raises(ValueError, match=r"^make_mesh: got 1 axis sizes \(1,\) but 2 names"):
+        make_mesh((1,), ("data", "model"))

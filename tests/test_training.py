@@ -413,6 +413,18 @@ def test_an_optimizer_state_from_another_optimizer_is_refused(
         step(ts, (x, y))
 
 
+def test_a_batch_that_is_not_a_pair_is_named(setup, key):
+    model, _, x, y = setup
+    ts = jnn.init_train_state(model, optax.sgd(0.1), key, x[:1])
+    step = jnn.make_train_step(model, cross_entropy, optax.sgd(0.1))
+    with pytest.raises(
+        TypeError,
+        match=rf"^make_train_step: expected a batch \(inputs, targets\), got an array of shape "
+        rf"\({x.shape[0]}, {x.shape[1]}\)\. Hint: for several inputs use \(\(x1, x2\), targets\)",
+    ):
+        step(ts, x)
+
+
 def test_an_optimizer_state_for_other_params_is_refused(setup, key):
     model, _, x, y = setup
     wider = jnn.init_train_state(jnn.MLP([9, 2]), optax.adam(1e-3), key, x[:1])
