@@ -68,7 +68,10 @@ class _ConvBase(Module):
                     else f"{name}: padding='causal' is for Conv, not {name}."
                 )
         else:
-            check_padding(name, self.padding, n)
+            strings = (
+                "'SAME', 'VALID', 'CAUSAL' (1-D)" if isinstance(self, Conv) else "'SAME', 'VALID'"
+            )
+            check_padding(name, self.padding, n, strings)
         check_positive_int(self, "groups", self.groups)
         if self.features % self.groups:
             raise ValueError(

@@ -58,8 +58,9 @@ def per_axis(
     return values
 
 
-def padding_pairs(layer: str, padding: Any, n: int) -> Pairs:
-    """Integer ``padding`` (an int, or an int or ``(low, high)`` per axis) as ``n`` pairs."""
+def padding_pairs(layer: str, padding: Any, n: int, strings: str = "'SAME', 'VALID'") -> Pairs:
+    """Integer ``padding`` (an int, or an int or ``(low, high)`` per axis) as ``n`` pairs;
+    ``strings`` lists the layer's string options in the error."""
 
     def pair(p: Any) -> tuple[int, int] | None:
         if is_int(p):
@@ -75,7 +76,7 @@ def padding_pairs(layer: str, padding: Any, n: int) -> Pairs:
         pairs = tuple(pair(p) for p in padding)
     if pairs is None or None in pairs:
         raise ValueError(
-            f"{layer}: padding must be 'SAME', 'VALID', an int, or one int or (low, high) "
+            f"{layer}: padding must be {strings}, an int, or one int or (low, high) "
             f"pair per spatial axis ({n}), got {padding!r}."
         )
     if min(min(p) for p in pairs) < 0:
@@ -88,11 +89,13 @@ def freeze_padding(padding: Any) -> Any:
     return padding.upper() if isinstance(padding, str) else freeze(padding)
 
 
-def check_padding(layer: str, padding: Any, n: int) -> Pairs | None:
+def check_padding(
+    layer: str, padding: Any, n: int, strings: str = "'SAME', 'VALID'"
+) -> Pairs | None:
     """Validate a stored ``padding``; its pairs, or None for ``"SAME"``/``"VALID"``."""
     if padding in ("SAME", "VALID"):
         return None
-    return padding_pairs(layer, padding, n)
+    return padding_pairs(layer, padding, n, strings)
 
 
 def resolve_padding(

@@ -492,7 +492,12 @@ def test_causal_padding_sees_only_the_past(rng):
         (lambda: Conv(4, 3, dilation=(1, 1)), r"Conv: dilation must be an int or 1 ints"),
         (
             lambda: Conv(4, 3, padding="FULL"),
-            r"Conv: padding must be 'SAME', 'VALID', an int, or one int or \(low, high\) "
+            r"Conv: padding must be 'SAME', 'VALID', 'CAUSAL' \(1-D\), an int, or one int or "
+            r"\(low, high\) pair per spatial axis \(1\), got 'FULL'\.",
+        ),
+        (
+            lambda: ConvTranspose(4, 3, padding="FULL"),
+            r"ConvTranspose: padding must be 'SAME', 'VALID', an int, or one int or \(low, high\) "
             r"pair per spatial axis \(1\), got 'FULL'\.",
         ),
         (lambda: Conv(4, (3, 3), padding=((1, 1),)), r"pair per spatial axis \(2\), got"),
