@@ -136,7 +136,20 @@ class Module:
         # Dense(param_dtype=np.dtype("float32")); the hash must agree, so hash dtypes by
         # their canonical form.
         values = tuple(canonical(getattr(self, f.name)) for f in dataclasses.fields(self))
-        return hash((type(self), values))
+        try:
+            return hash((type(self), values))
+        except TypeError:
+            for field, value in zip(dataclasses.fields(self), values, strict=True):
+                try:
+                    hash(value)
+                except TypeError:
+                    raise TypeError(
+                        f"{type(self).__name__}: hyperparameter '{field.name}' is a "
+                        f"{type(value).__name__}, which cannot be hashed, and a layer must be "
+                        "(jax.jit takes it as a static argument). Hint: use a tuple instead "
+                        "of a list, or convert it in __post_init__."
+                    ) from None
+            raise
 
     def __repr__(self) -> str:
         shown = []
@@ -182,7 +195,7 @@ class Module:
             check_array_inputs(self, inputs, "init")
             args = (self, key, *specs(inputs))
             kwargs = specs(init_kwargs(self, kwargs))
-            return _call(self, "init", cls._raw_init, args, kwargs)
+            return _params_tree(self, _call(self, "init", cls._raw_init, args, kwargs))
         params, state = self.init_with_state(key, *inputs, **kwargs)
         if state:
             raise ParamsError(
@@ -206,7 +219,8 @@ class Module:
         if cls._raw_init_with_state is not None:
             return _call(self, "init", cls._raw_init_with_state, (self, key, *inputs), kwargs)
         if cls._raw_init is not None:
-            return _call(self, "init", cls._raw_init, (self, key, *inputs), kwargs), {}
+            params = _call(self, "init", cls._raw_init, (self, key, *inputs), kwargs)
+            return _params_tree(self, params), {}
         if cls._raw_forward is not None:
             _bind_or_raise(self, "init", cls._raw_forward, (self, None, *inputs), kwargs)
             return init_composite(self, key, inputs, kwargs)
@@ -280,6 +294,21 @@ def _bind_or_raise(module: Any, method: str, fn: Callable, args: tuple, kwargs: 
     error = call_error(module, method, fn, args, kwargs)
     if error is not None:
         raise error
+
+
+def _params_tree(module: Any, params: Any) -> Any:
+    """What a layer's own ``init`` returned, if it is a dict of params."""
+    if isinstance(params, Mapping):
+        return params
+    hint = (
+        " Hint: a layer with state defines init_with_state(key, x) -> (params, state)."
+        if isinstance(params, tuple)
+        else " Hint: put arrays under names, e.g. {'weight': w}; without params, return {}."
+    )
+    raise ParamsError(
+        layer_name(module),
+        f"init must return the params as a dict, got {type(params).__name__}.{hint}",
+    )
 
 
 def _call(module: Any, method: str, fn: Callable, args: tuple, kwargs: dict) -> Any:

@@ -77,7 +77,8 @@ def compare_trees(module: Any, what: str, actual: Any, expected: Any, inputs: An
             raise ParamsError(
                 layer_name(module),
                 f"{what} '{path}' has dtype {dtype}, but init makes it {spec.dtype}. "
-                f"Hint: cast it back, e.g. {what}['...'].astype(jnp.float32).",
+                "Hint: cast the params back, e.g. "
+                "jax.tree.map(lambda a: a.astype(jnp.float32), params).",
             )
 
 

@@ -558,6 +558,48 @@ def test_integer_params_where_init_makes_floats_are_refused(key, x_small):
     assert model.apply(halves, x_small).shape == (x_small.shape[0], 2)
 
 
+def test_a_custom_init_must_return_a_dict(key, x_small):
+    class ReturnsArray(jnn.Module):
+        def init(self, key, x):
+            return jnp.ones(3)
+
+        def apply(self, params, x):
+            return x
+
+    class ReturnsPair(ReturnsArray):
+        def init(self, key, x):
+            return {"w": jnp.ones(3)}, {}
+
+    cases = (
+        (ReturnsArray(), "ArrayImpl", "put arrays under names"),
+        (ReturnsPair(), "tuple", "state"),
+    )
+    for layer, kind, hint in cases:
+        with pytest.raises(
+            jnn.ParamsError,
+            match=rf"^{type(layer).__name__}: init must return the params as a dict, got "
+            rf"{kind}\. Hint: .*{hint}",
+        ):
+            layer.init(key, x_small)
+        with pytest.raises(jnn.ParamsError, match="init must return the params as a dict"):
+            layer.init_with_state(key, x_small)
+
+
+def test_an_unhashable_hyperparameter_is_named():
+    class Sizes(jnn.Module):
+        sizes: list = dataclasses.field(default_factory=list)
+
+        def apply(self, params, x):
+            return x
+
+    with pytest.raises(
+        TypeError,
+        match=r"^Sizes: hyperparameter 'sizes' is a list, which cannot be hashed.*Hint: use a "
+        r"tuple instead of a list",
+    ):
+        hash(Sizes([1, 2]))
+
+
 def test_calling_a_model_says_how_to_run_it(x_small):
     with pytest.raises(TypeError, match=r"Dense is not called directly.*model.apply\(params, x\)"):
         jnn.Dense(2)(x_small)
