@@ -29,7 +29,7 @@ PAGES = [
 
 
 @pytest.mark.slow  # whole tutorials that train networks: run by `pytest -m slow` and CI
-@pytest.mark.parametrize("page", PAGES)
+@pytest.mark.parametrize("page", PAGES + ["../README.md"])  # the README's quick start too
 def test_page_code_runs(page, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     blocks = re.findall(r"```python\n(.*?)```", (DOCS / page).read_text(), flags=re.S)
