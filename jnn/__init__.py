@@ -46,7 +46,7 @@ from jnn._embedding import Embedding
 from jnn._errors import DTypeError, LayerError, MissingKeyError, ParamsError, ShapeError
 from jnn._fit import FitResult, fit
 from jnn._freezing import freeze
-from jnn._group_norm import GroupNorm
+from jnn._group_norm import GroupNorm, InstanceNorm
 from jnn._history_plot import plot_history
 from jnn._integrated_gradients import integrated_gradients
 from jnn._json_lines import JSONLinesLogger, history_from_json_lines, read_json_lines
@@ -151,6 +151,7 @@ __all__ = [
     "BatchNorm",
     "LayerNorm",
     "GroupNorm",
+    "InstanceNorm",
     "RMSNorm",
     "Lambda",
     "Identity",

@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import TRANSFORMS
+from conftest import TRANSFORMS, check_gradients
 
 import jnn
 from jnn import GroupNorm, LayerNorm
@@ -133,3 +133,49 @@ def test_group_norm_errors(key):
     assert GroupNorm(np.int64(2)) == GroupNorm(2) and hash(GroupNorm(np.int64(2))) == hash(
         GroupNorm(2)
     )
+
+
+# --------------------------------------------------------------------------- InstanceNorm
+
+
+@pytest.mark.parametrize("shape", [(2, 5, 6), (2, 3, 4, 6)])
+@pytest.mark.parametrize("transform", TRANSFORMS)
+def test_instance_norm_matches_textbook_and_is_group_norm_of_size_one(key, shape, transform):
+    x = np.random.default_rng(5).normal(1.0, 2.0, shape).astype(np.float32)
+    layer = jnn.InstanceNorm(epsilon=1e-3)
+    assert set(layer.init(key, x)) == {"scale", "offset"}
+    params = random_affine((6,))
+    y = transform(layer.apply)(params, x)
+    # one channel per group: statistics of one example and one channel over its positions
+    expected = numpy_group_norm(x, 6, 1e-3, params["scale"], params["offset"])
+    np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-5)
+    same = GroupNorm(group_size=1, epsilon=1e-3).apply(params, x)
+    np.testing.assert_allclose(y, same, rtol=1e-6, atol=1e-6)
+    per_example = jax.vmap(lambda v: layer.apply(params, v[None])[0])(jnp.asarray(x))
+    np.testing.assert_allclose(per_example, y, rtol=1e-5, atol=1e-5)
+    bare = jnn.InstanceNorm(use_scale=False, use_offset=False)
+    assert bare.init(key, x) == {}
+
+
+def test_instance_norm_gradients(key, spread):
+    layer = jnn.InstanceNorm()
+    params = random_affine((6,))
+    check_gradients(layer.apply, (params, jnp.asarray(spread[:, :2, :2])))
+
+
+def test_instance_norm_errors(key, spread):
+    layer = jnn.InstanceNorm()
+    with pytest.raises(
+        jnn.ShapeError,
+        match=r"^InstanceNorm: expected input of rank at least 3 \(\[batch, \*spatial, "
+        r"channels\]\), got shape \(2, 6\)\. Hint: without a spatial axis each channel is a "
+        r"single value",
+    ):
+        layer.init(key, jnp.zeros((2, 6)))
+    params = layer.init(key, spread)
+    with pytest.raises(jnn.ShapeError, match=r"^InstanceNorm: expected input with 6 channels"):
+        layer.apply(params, spread[..., :4])
+    with pytest.raises(jnn.DTypeError, match=r"^InstanceNorm: expected a floating-point input"):
+        layer.apply(params, spread.astype(np.int32))
+    with pytest.raises(ValueError, match=r"^InstanceNorm: epsilon"):
+        jnn.InstanceNorm(epsilon=-1.0)

@@ -539,6 +539,27 @@ def test_group_norm(case):
     assert_matches_torch(module, jnn_norm, [normal(*shape, scale=2.0) + 1.0], module)
 
 
+# (input shape, eps, affine)
+INSTANCE_NORM_CASES = {
+    "1d": ((2, 3, 7), 1e-5, True),
+    "2d": ((2, 4, 3, 5), 1e-3, True),
+    "3d-no-affine": ((2, 2, 3, 2, 4), 1e-5, False),  # PyTorch's default
+}
+
+
+@pytest.mark.parametrize("case", list(INSTANCE_NORM_CASES))
+def test_instance_norm(case):
+    shape, eps, affine = INSTANCE_NORM_CASES[case]
+    kind = (torch.nn.InstanceNorm1d, torch.nn.InstanceNorm2d, torch.nn.InstanceNorm3d)
+    module = randomize(kind[len(shape) - 3](shape[1], eps, affine=affine))
+    layer = jnn.InstanceNorm(epsilon=eps, use_scale=affine, use_offset=affine)
+
+    def jnn_norm(p, x):
+        return channels_first(layer.apply(norm_params(p), channels_last(x)))
+
+    assert_matches_torch(module, jnn_norm, [normal(*shape, scale=2.0) + 1.0], module)
+
+
 # (input shape, normalized_shape, eps (None: PyTorch's default, the dtype's eps), affine)
 RMS_NORM_CASES = {
     "last-axis": ((2, 3, 5), (5,), 1e-6, True),
