@@ -61,6 +61,9 @@ def softmax_cross_entropy(
 
     .. math:: \ell_b = -\sum_c t_{bc} \log \operatorname{softmax}(z_b)_c
 
+    with :math:`0 \log 0 = 0`: a class masked out with a ``-inf`` logit and a zero target
+    adds nothing (PyTorch's and optax's plain ``softmax_cross_entropy`` give NaN there).
+
     Args:
       logits: Unnormalized log-probabilities ``[..., num_classes]``, floating point.
       targets: Probabilities ``[..., num_classes]``, each row summing to 1.
@@ -121,7 +124,9 @@ def softmax_cross_entropy(
         targets = optax.losses.smooth_labels(targets, label_smoothing)
     if traced_smoothing:
         ok = both(ok, in_range(label_smoothing, 0, 1) & jnp.ones(targets.shape[:-1], bool))
-    return reduce(optax.losses.softmax_cross_entropy(logits, targets), reduction, ok)
+    # The safe form takes 0 * log 0 as 0: a class masked out with a -inf logit and a zero
+    # target adds nothing, where the plain form (and PyTorch's) gives NaN.
+    return reduce(optax.losses.safe_softmax_cross_entropy(logits, targets), reduction, ok)
 
 
 def softmax_cross_entropy_with_integer_labels(

@@ -199,3 +199,24 @@ def test_kl_divergence_given_probabilities_was_negative_and_is_now_nan_under_jit
     assert np.isnan(got[0]) and np.isfinite(got[1])
     got = jit_none(kl_divergence, log_targets=True)(jnp.log(p), t.at[1].set(jnp.log(t[1])))
     assert np.isnan(got[0]) and np.isfinite(got[1])
+
+
+def test_a_class_masked_with_minus_inf_adds_nothing():
+    # Masking a class with a -inf logit (an illegal action, a padded vocabulary entry) is
+    # common; 0 * log 0 counts as 0, as the integer-label form already does.
+    logits = jnp.array([[0.5, -jnp.inf, 1.0], [2.0, 0.0, -jnp.inf]])
+    labels = jnp.array([0, 1])
+    unmasked = [jnp.array([[0.5, 1.0]]), jnp.array([[2.0, 0.0]])]
+    expected = [
+        float(softmax_cross_entropy_with_integer_labels(z, jnp.array([i])))
+        for z, i in zip(unmasked, (0, 1), strict=True)
+    ]
+    for loss, targets in (
+        (softmax_cross_entropy, jax.nn.one_hot(labels, 3)),
+        (softmax_cross_entropy_with_integer_labels, labels),
+    ):
+        values = loss(logits, targets, reduction="none")
+        np.testing.assert_allclose(values, expected, rtol=1e-6)
+        grads = jax.grad(lambda z, loss=loss, t=targets: loss(z, t))(logits)
+        assert np.isfinite(np.asarray(grads)).all()
+        assert float(grads[0, 1]) == 0.0 and float(grads[1, 2]) == 0.0
