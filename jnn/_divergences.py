@@ -66,7 +66,8 @@ def kl_divergence(
     equals ``KLDivLoss(reduction="none")(log_p, t).sum(-1)``. With ``log_targets=True``
     the targets are log-probabilities too, as in ``KLDivLoss(log_target=True)``; that is
     exact where target probabilities underflow (distillation from a ``log_softmax``).
-    Terms where a target probability is 0 (a log-target of ``-inf``) contribute 0. For
+    Terms where a target probability is 0 (a log-target of ``-inf``) contribute 0, also
+    where the prediction is 0 (a ``-inf`` log-prediction; PyTorch gives NaN there). For
     ``"mean"`` the average is over distributions, not over elements, so it matches
     PyTorch's ``reduction="batchmean"`` on 2-D inputs rather than ``"mean"``.
 
@@ -134,7 +135,11 @@ def kl_divergence(
             "targets",
             "negative targets look like log-probabilities: pass log_targets=True.",
         )
-        values = optax.losses.kl_divergence(log_predictions, targets)
+        # A zero target adds 0 whatever its prediction: 0 * log 0 counts as 0 (optax and
+        # PyTorch give NaN for a prediction of 0, a -inf log-probability), and its gradient
+        # stays 0.
+        safe = jnp.where(targets > 0, log_predictions, 0)
+        values = optax.losses.kl_divergence(safe, targets)
         return reduce(values, reduction, both(ok, target_ok))
     target_ok = _check_log_probabilities(
         name,

@@ -220,3 +220,16 @@ def test_a_class_masked_with_minus_inf_adds_nothing():
         grads = jax.grad(lambda z, loss=loss, t=targets: loss(z, t))(logits)
         assert np.isfinite(np.asarray(grads)).all()
         assert float(grads[0, 1]) == 0.0 and float(grads[1, 2]) == 0.0
+
+
+def test_kl_divergence_a_zero_target_adds_nothing_even_where_the_prediction_is_zero():
+    log_predictions = jnp.array([[jnp.log(0.25), jnp.log(0.75), -jnp.inf]])
+    targets = jnp.array([[0.5, 0.5, 0.0]])
+    expected = 0.5 * np.log(0.5 / 0.25) + 0.5 * np.log(0.5 / 0.75)
+    for log_targets, t in ((False, targets), (True, jnp.log(targets))):
+        value = kl_divergence(log_predictions, t, log_targets=log_targets)
+        np.testing.assert_allclose(value, expected, rtol=1e-6)
+        grads = jax.grad(lambda lp, t=t, f=log_targets: kl_divergence(lp, t, log_targets=f))(
+            log_predictions
+        )
+        np.testing.assert_allclose(grads, [[-0.5, -0.5, 0.0]], rtol=1e-6)
