@@ -60,19 +60,10 @@ def child(implementation: str | None, size: str, steps: int) -> dict:
     import optax
 
     import jnn
-    from benchmarks.lm import _optax_adamw, _tokens
+    from benchmarks.lm import _optax_adamw, _tokens, jnn_model
 
     s = _size(size)
-    lm = jnn.TransformerLM(
-        s.vocab,
-        s.layers,
-        s.features,
-        s.heads,
-        mlp_features=s.mlp,
-        max_length=s.length,
-        implementation=implementation,
-    )
-    model = jnn.MixedPrecision(lm, jnp.bfloat16)
+    model = jnn_model(s, implementation)
     tokens = jnp.asarray(_tokens(s.batch, s))
     optimizer = _optax_adamw()
     params = model.init(jax.random.key(0), tokens[:, :-1])

@@ -129,8 +129,28 @@ def _jax_step(loss_fn, params, tokens) -> Runner:
     return jax_runner(call, (params, optimizer.init(params)), params)
 
 
+def jnn_model(s: Size, implementation: str | None):
+    """``jnn.TransformerLM`` of size ``s`` (blocks unrolled, no remat) under
+    ``jnn.MixedPrecision``: float32 params and AdamW state, the forward and backward passes
+    in bfloat16, float32 logits, so the loss is float32."""
+    import jax.numpy as jnp
+
+    import jnn
+
+    lm = jnn.TransformerLM(
+        s.vocab,
+        s.layers,
+        s.features,
+        s.heads,
+        mlp_features=s.mlp,
+        max_length=s.length,
+        implementation=implementation,
+    )
+    return jnn.MixedPrecision(lm, jnp.bfloat16)
+
+
 def jnn_lm(batch: int, size: str) -> Runner:
-    """``jnn.TransformerLM`` (blocks unrolled, no remat) under ``jnn.MixedPrecision``."""
+    """``jnn_model`` with the attention implementation of the backend."""
     import jax
     import jax.numpy as jnp
 
@@ -138,18 +158,7 @@ def jnn_lm(batch: int, size: str) -> Runner:
 
     s = SIZES[size]
     tokens = jnp.asarray(_tokens(batch, s))
-    model = jnn.TransformerLM(
-        s.vocab,
-        s.layers,
-        s.features,
-        s.heads,
-        mlp_features=s.mlp,
-        max_length=s.length,
-        implementation=attention_implementation(),
-    )
-    # float32 params and AdamW state; the forward and backward passes in bfloat16;
-    # float32 logits, so the loss is float32 (jnn's losses would promote them anyway).
-    model = jnn.MixedPrecision(model, jnp.bfloat16)
+    model = jnn_model(s, attention_implementation())
     params = model.init(jax.random.key(0), tokens[:, :-1])
 
     def loss_fn(params, tokens):

@@ -58,19 +58,17 @@ class _ConvBase(Module):
         per_axis(name, "kernel_size", self.kernel_size, n)
         per_axis(name, "stride", self.stride, n)
         per_axis(name, "dilation", self.dilation, n)
-        if self.padding == "CAUSAL":
-            if not isinstance(self, Conv) or n != 1:
-                raise ValueError(
-                    f"{name}: padding='causal' is for 1-D convolutions over time (Conv with "
-                    f"one kernel size), got {n} spatial axes. Hint: give (low, high) pairs "
-                    "per axis, e.g. ((k - 1, 0), ...)."
-                    if isinstance(self, Conv)
-                    else f"{name}: padding='causal' is for Conv, not {name}."
-                )
-        else:
-            strings = (
-                "'SAME', 'VALID', 'CAUSAL' (1-D)" if isinstance(self, Conv) else "'SAME', 'VALID'"
+        causal = isinstance(self, Conv)  # ConvTranspose has no causal padding
+        if self.padding == "CAUSAL" and not causal:
+            raise ValueError(f"{name}: padding='causal' is for Conv, not {name}.")
+        if self.padding == "CAUSAL" and n != 1:
+            raise ValueError(
+                f"{name}: padding='causal' is for 1-D convolutions over time (Conv with one "
+                f"kernel size), got {n} spatial axes. Hint: give (low, high) pairs per axis, "
+                "e.g. ((k - 1, 0), ...)."
             )
+        if self.padding != "CAUSAL":
+            strings = "'SAME', 'VALID', 'CAUSAL' (1-D)" if causal else "'SAME', 'VALID'"
             check_padding(name, self.padding, n, strings)
         check_positive_int(self, "groups", self.groups)
         if self.features % self.groups:

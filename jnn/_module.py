@@ -274,8 +274,8 @@ class Module:
             )
         if key is not None:
             check_key(self, key, "apply")
-        cls = type(self)
         check_array_inputs(self, inputs, "apply")
+        cls = type(self)
         if cls._raw_apply is not None:
             out, new_state = _apply_leaf(self, params, inputs, state, key, is_training, kwargs)
         elif cls._raw_forward is not None:

@@ -72,7 +72,8 @@ def _update(
     if scale is not None:
         grads = scale.unscale(grads)
     grads_finite = all_finite(grads)
-    check_opt_state(name, optimizer, params, opt_state)  # at trace time: no cost per step
+    # Under jit (the default) this runs once, when the step is traced.
+    check_opt_state(name, optimizer, params, opt_state)
     updates, new_opt_state = optimizer.update(grads, opt_state, params)
     new_params = optax.apply_updates(params, updates)
     logs = {"loss": loss, **metric_logs(name, metrics.items(), outputs, targets)}

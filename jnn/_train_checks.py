@@ -129,16 +129,11 @@ def check_opt_state(name: str, optimizer: Any, params: Any, opt_state: Any) -> N
 
 def _state_kinds(tree: Any) -> str:
     """The optax state types in ``tree``, in order: ``(ScaleByAdamState, EmptyState)``."""
-    names = []
-    stack = [tree]
-    while stack:
-        node = stack.pop()
-        if hasattr(node, "_fields"):  # an optax state (a NamedTuple)
-            names.append(type(node).__name__)
-        elif isinstance(node, list | tuple):
-            stack.extend(reversed(node))
-        elif isinstance(node, Mapping):
-            stack.extend(reversed(list(node.values())))
+
+    def is_state(node: Any) -> bool:  # an optax state is a NamedTuple
+        return hasattr(node, "_fields")
+
+    names = [type(n).__name__ for n in jax.tree.leaves(tree, is_leaf=is_state) if is_state(n)]
     return f"({', '.join(names)})" if names else type(tree).__name__
 
 
